@@ -1,0 +1,168 @@
+"""Claim benchmark: the library's ``reserve`` against pgbench running the very same statement.
+
+    python -m bench.claim [--pairs 1000000] [--clients 1,4,16,64] [--seconds 10] [--ageing 1000000]
+
+Prints, in one run on one server: claims/s of pgbench and of the library at each concurrency and
+their ratio; then the ageing curve: the rate of each successive 100,000 claims of a long run.
+Uses TOKENPOOL_DATABASE_URL's server if set, else the embedded one (a scratch database either way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import re
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from bench.common import fresh_database, pgbench_path, server_url, server_version
+from tokenpool.db.connection import open_pool
+from tokenpool.db.pool_store import CLAIM_KEY_RANGE, PostgresTokenPool
+from tokenpool.db.queries import sql
+from tokenpool.pool.errors import PoolExhausted
+from tokenpool.pool.model import TokenPair
+from tokenpool.settings import Settings
+
+POOL = "bench"
+LEASE_SECONDS = 600.0
+LOAD_CHUNK = 100_000
+
+
+def pgbench_script() -> str:
+    """The library's reserve statement with psycopg parameters turned into pgbench variables."""
+    statement = re.sub(r"%\((\w+)\)s", r":\1", sql("reserve"))
+    return (
+        f"\\set start random(0, {CLAIM_KEY_RANGE - 1})\n"
+        "\\set n 1\n"
+        f"\\set lease_seconds {int(LEASE_SECONDS)}\n"
+        + " ".join(statement.split())
+        + ";\n"
+    )
+
+
+def run_pgbench(url: str, clients: int, seconds: int) -> float:
+    with tempfile.NamedTemporaryFile("w", suffix=".pgb", delete=False) as script:
+        script.write(pgbench_script())
+    out = subprocess.run(
+        [str(pgbench_path()), "-n", "-M", "prepared", "-f", script.name, "-c", str(clients),
+         "-j", str(min(clients, 2)), "-T", str(seconds), "-D", f"pool={POOL}", url],
+        capture_output=True, text=True, check=True, timeout=seconds + 60,
+    )
+    Path(script.name).unlink()
+    match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out.stdout)
+    if not match:
+        raise RuntimeError(f"pgbench printed no rate:\n{out.stdout}\n{out.stderr}")
+    return float(match.group(1))
+
+
+async def _claim_for(url: str, clients: int, seconds: float) -> int:
+    settings = Settings()
+    pool = await open_pool(url, settings, min_size=clients, max_size=clients)
+    store = PostgresTokenPool(pool)
+    deadline = time.perf_counter() + seconds
+    count = 0
+
+    async def worker() -> None:
+        nonlocal count
+        while time.perf_counter() < deadline:
+            await store.reserve(POOL, LEASE_SECONDS)
+            count += 1
+
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    await pool.close()
+    return count
+
+
+def _process_main(url: str, clients: int, seconds: float, queue: multiprocessing.Queue[int]) -> None:
+    queue.put(asyncio.run(_claim_for(url, clients, seconds)))
+
+
+def run_library(url: str, clients: int, seconds: int, processes: int) -> float:
+    """reserve() from ``processes`` OS processes (like pgbench's -j threads), clients split between them."""
+    processes = min(processes, clients)
+    queue: multiprocessing.Queue[int] = multiprocessing.Queue()
+    split = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
+    workers = [multiprocessing.Process(target=_process_main, args=(url, n, seconds, queue)) for n in split]
+    for w in workers:
+        w.start()
+    total = sum(queue.get(timeout=seconds + 120) for _ in workers)
+    for w in workers:
+        w.join()
+    return total / seconds
+
+
+async def load(url: str, count: int) -> float:
+    pool = await open_pool(url, Settings(), min_size=1, max_size=2)
+    store = PostgresTokenPool(pool)
+    prefix = uuid.uuid4().hex[:8]
+    started = time.perf_counter()
+    for offset in range(0, count, LOAD_CHUNK):
+        n = min(LOAD_CHUNK, count - offset)
+        pairs = [TokenPair(f"{prefix}{offset + i:012d}", f"ext_{prefix}{offset + i:022d}") for i in range(n)]
+        await store.add_pairs(POOL, pairs, uuid.uuid4())
+    elapsed = time.perf_counter() - started
+    await pool.close()
+    return count / elapsed
+
+
+async def ageing(url: str, claims: int, step: int, clients: int) -> list[float]:
+    """``claims`` reservations in a row at ``clients``-way concurrency; the rate of each ``step``."""
+    pool = await open_pool(url, Settings(), min_size=clients, max_size=clients)
+    store = PostgresTokenPool(pool)
+    rates: list[float] = []
+    for _ in range(claims // step):
+        remaining = step
+        started = time.perf_counter()
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                try:
+                    await store.reserve(POOL, LEASE_SECONDS)
+                except PoolExhausted:
+                    return
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        rates.append(step / (time.perf_counter() - started))
+        print(f"  claims {len(rates) * step:>9,}: {rates[-1]:8,.0f}/s", flush=True)
+    await pool.close()
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=1_000_000)
+    parser.add_argument("--clients", default="1,4,16,64")
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--processes", type=int, default=2, help="library processes (pgbench uses -j 2)")
+    parser.add_argument("--ageing", type=int, default=1_000_000, help="claims in the ageing run (0: skip)")
+    parser.add_argument("--ageing-step", type=int, default=100_000)
+    parser.add_argument("--ageing-clients", type=int, default=16)
+    args = parser.parse_args()
+
+    url = fresh_database(server_url(), "tokenpool_bench_claim")
+    print(f"server: PostgreSQL {server_version(url)}; pgbench: {pgbench_path()}")
+    rate = asyncio.run(load(url, args.pairs))
+    print(f"loaded {args.pairs:,} pairs with COPY at {rate:,.0f} pairs/s\n")
+    print(f"{'clients':>7} {'pgbench/s':>10} {'library/s':>10} {'ratio':>6}")
+    for clients in [int(c) for c in args.clients.split(",")]:
+        reference = run_pgbench(url, clients, args.seconds)
+        library = run_library(url, clients, args.seconds, args.processes)
+        print(f"{clients:>7} {reference:>10,.0f} {library:>10,.0f} {library / reference:>6.0%}", flush=True)
+
+    if args.ageing:
+        # A pool of its own, 20% larger than the run, so the curve shows ageing, not the last pairs.
+        url = fresh_database(server_url(), "tokenpool_bench_claim")
+        asyncio.run(load(url, int(args.ageing * 1.2)))
+        print(f"\nageing: {args.ageing:,} claims in a row, {args.ageing_clients}-way, rate per {args.ageing_step:,}")
+        rates = asyncio.run(ageing(url, args.ageing, args.ageing_step, args.ageing_clients))
+        print(f"last/first: {rates[-1] / rates[0]:.0%}")
+
+
+if __name__ == "__main__":
+    main()

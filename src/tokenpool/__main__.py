@@ -1,0 +1,3 @@
+from tokenpool.entrypoints.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""PostgreSQL adapter: connections, migrations, every SQL statement, and the pool store."""

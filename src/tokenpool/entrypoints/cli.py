@@ -1,0 +1,168 @@
+"""The ``tokenpool`` command (Typer + Rich). Each command parses input, calls the core, prints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tokenpool import bootstrap
+from tokenpool.db import migrate
+from tokenpool.db.embedded import stop_embedded
+from tokenpool.pool import PoolStats
+from tokenpool.pool.synthetic import synthetic_pairs
+from tokenpool.settings import Settings, get_settings
+
+app = typer.Typer(help="tokenpool: prefetched TOME token pairs served from PostgreSQL.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema and the embedded server.", no_args_is_help=True)
+pool_app = typer.Typer(help="Inspect and load token pools.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(pool_app, name="pool")
+
+console = Console()
+err_console = Console(stderr=True)
+
+PoolOption = Annotated[str | None, typer.Option("--pool", help="Pool (card program); default from settings.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+
+SEED_CHUNK = 100_000
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending migrations (idempotent)."""
+    applied = bootstrap.upgrade_database(get_settings())
+    if not applied:
+        console.print("schema is up to date")
+    for migration in applied:
+        console.print(f"applied {migration.version:04d}_{migration.name}")
+
+
+@db_app.command("status")
+def db_status() -> None:
+    """List migrations and whether each is applied."""
+    rows = migrate.status(bootstrap.database_url(get_settings()))
+    table = Table("version", "name", "applied at", "checksum")
+    for row in rows:
+        table.add_row(
+            f"{row.version:04d}",
+            row.name,
+            str(row.applied_at) if row.applied else "[yellow]pending[/]",
+            "ok" if row.checksum_matches else "[red]changed since applied[/]",
+        )
+    console.print(table)
+    if any(not row.applied for row in rows):
+        raise typer.Exit(1)
+
+
+@db_app.command("stop")
+def db_stop() -> None:
+    """Stop the embedded PostgreSQL server under TOKENPOOL_HOME."""
+    settings = get_settings()
+    stopped = stop_embedded(settings.home)
+    console.print("embedded PostgreSQL stopped" if stopped else "no embedded PostgreSQL was running")
+
+
+@pool_app.command("stats")
+def pool_stats(pool: PoolOption = None, as_json: JsonOption = False) -> None:
+    """Counts of pairs by status (cheap at any size: read from trigger-kept counters)."""
+    settings = get_settings()
+    stats = asyncio.run(_stats(settings, pool or settings.default_pool))
+    if as_json:
+        typer.echo(json.dumps(stats.as_dict()))
+    else:
+        _print_stats(stats)
+
+
+@pool_app.command("seed")
+def pool_seed(
+    count: Annotated[int, typer.Option("--count", min=1, help="How many pairs to add.")],
+    synthetic: Annotated[bool, typer.Option("--synthetic", help="Required: these pairs are fake.")] = False,
+    pool: PoolOption = None,
+) -> None:
+    """Load SYNTHETIC pairs (development and benchmarks only; real pairs come from `tokenpool refill`)."""
+    if not synthetic:
+        err_console.print(
+            "[red]refusing:[/] seeded pairs are fake tokens that TOME never issued. "
+            "Pass --synthetic to confirm this pool is for development or benchmarks."
+        )
+        raise typer.Exit(2)
+    settings = get_settings()
+    added = asyncio.run(_seed(settings, pool or settings.default_pool, count))
+    console.print(f"added {added:,} synthetic pairs to pool {pool or settings.default_pool!r}")
+
+
+@app.command("run")
+def run(
+    pool: PoolOption = None,
+    seed: Annotated[int, typer.Option(help="Synthetic pairs to seed when the pool is empty.")] = 10_000,
+    cards: Annotated[int, typer.Option(help="Demo reservations to make and commit.")] = 100,
+) -> None:
+    """Run the system on embedded defaults: database, migrations, a seeded pool, demo claims, stats."""
+    settings = get_settings()
+    name = pool or settings.default_pool
+    url = bootstrap.database_url(settings)
+    console.print(f"PostgreSQL: {_describe(url)}")
+    for migration in bootstrap.upgrade_database(settings):
+        console.print(f"applied migration {migration.version:04d}_{migration.name}")
+    stats = asyncio.run(_demo(settings, name, seed, cards))
+    _print_stats(stats)
+
+
+async def _stats(settings: Settings, pool: str) -> PoolStats:
+    async with bootstrap.open_database(settings, max_size=2) as db:
+        return await db.store.stats(pool)
+
+
+async def _seed(settings: Settings, pool: str, count: int) -> int:
+    added = 0
+    async with bootstrap.open_database(settings, max_size=2) as db:
+        for offset in range(0, count, SEED_CHUNK):
+            pairs = synthetic_pairs(min(SEED_CHUNK, count - offset))
+            added += await db.store.add_pairs(pool, pairs, uuid.uuid4())
+    return added
+
+
+async def _demo(settings: Settings, pool: str, seed: int, cards: int) -> PoolStats:
+    async with bootstrap.open_database(settings, max_size=10) as db:
+        if (await db.store.stats(pool)).available < cards:
+            added = await db.store.add_pairs(pool, synthetic_pairs(seed), uuid.uuid4())
+            console.print(f"seeded {added:,} synthetic pairs into pool {pool!r}")
+
+        async def create_card(i: int) -> None:
+            reservation = await db.store.reserve(pool, settings.lease_seconds)
+            await db.store.commit(reservation.reservation_id, f"demo-card-{uuid.uuid4().hex[:12]}")
+
+        await asyncio.gather(*(create_card(i) for i in range(cards)))
+        console.print(f"reserved and committed {cards} pairs concurrently")
+        return await db.store.stats(pool)
+
+
+def _print_stats(stats: PoolStats) -> None:
+    table = Table("status", "pairs", title=f"pool {stats.pool!r}")
+    for key, value in stats.as_dict().items():
+        if key != "pool":
+            table.add_row(key, f"{value:,}")
+    console.print(table)
+
+
+def _describe(url: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(url)
+    host = str(params.get("host", "localhost"))
+    where = f"socket in {host}" if host.startswith("/") else f"{host}:{params.get('port', 5432)}"
+    return f"database {params.get('dbname')} ({where})"
+
+
+def main() -> None:
+    from tokenpool.observability.logging import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    app()

@@ -1,0 +1,1 @@
+"""Logging, masking and metrics shared by every part of tokenpool."""

@@ -1,0 +1,230 @@
+"""Every transition and every error of the pair status machine, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import psycopg
+import pytest
+
+from tests.factories import make_pairs
+from tokenpool.pool import (
+    LeaseExpired,
+    PairStatus,
+    PoolExhausted,
+    ReservationConflict,
+    UnknownReservation,
+)
+
+POOL = "default"
+LEASE = 30.0
+SHORT_LEASE = 0.05
+
+
+async def load(store, n: int = 5, pool: str = POOL):
+    pairs = make_pairs(n)
+    assert await store.add_pairs(pool, pairs, uuid.uuid4()) == n
+    return pairs
+
+
+async def status_of(database_url: str, internal_token: str) -> str:
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cursor = await conn.execute("SELECT status FROM token_pool WHERE internal_token = %s", (internal_token,))
+        row = await cursor.fetchone()
+        return row[0]
+
+
+async def test_a_reservation_leases_an_available_pair(store, database_url):
+    pairs = await load(store)
+    reservation = await store.reserve(POOL, LEASE)
+    assert reservation.pair in pairs
+    assert reservation.pool == POOL
+    assert await status_of(database_url, reservation.internal_token) == "RESERVED"
+
+
+async def test_commit_marks_the_pair_used_by_the_card(store, database_url):
+    await load(store)
+    reservation = await store.reserve(POOL, LEASE)
+    committed = await store.commit(reservation.reservation_id, "card-1")
+    assert committed.pair == reservation.pair
+    assert await status_of(database_url, reservation.internal_token) == "USED"
+
+
+async def test_commit_is_idempotent_for_the_same_card(store):
+    await load(store)
+    reservation = await store.reserve(POOL, LEASE)
+    first = await store.commit(reservation.reservation_id, "card-1")
+    again = await store.commit(reservation.reservation_id, "card-1")
+    assert again.pair == first.pair
+
+
+async def test_commit_to_a_different_card_is_a_conflict(store):
+    await load(store)
+    reservation = await store.reserve(POOL, LEASE)
+    await store.commit(reservation.reservation_id, "card-1")
+    with pytest.raises(ReservationConflict):
+        await store.commit(reservation.reservation_id, "card-2")
+
+
+async def test_commit_of_an_unknown_reservation_is_refused(store):
+    with pytest.raises(UnknownReservation):
+        await store.commit(uuid.uuid4(), "card-1")
+
+
+async def test_a_lapsed_lease_cannot_be_committed_even_before_the_janitor_runs(store, database_url):
+    await load(store)
+    reservation = await store.reserve(POOL, SHORT_LEASE)
+    await asyncio.sleep(SHORT_LEASE * 3)
+    with pytest.raises(LeaseExpired):
+        await store.commit(reservation.reservation_id, "card-1")
+    assert await status_of(database_url, reservation.internal_token) == "RESERVED"
+
+
+async def test_expire_leases_quarantines_lapsed_reservations(store, database_url):
+    await load(store, 3)
+    lapsed = await store.reserve_many(POOL, 2, SHORT_LEASE)
+    live = await store.reserve(POOL, LEASE)
+    await asyncio.sleep(SHORT_LEASE * 3)
+    assert await store.expire_leases() == 2
+    assert await store.expire_leases() == 0
+    for reservation in lapsed:
+        assert await status_of(database_url, reservation.internal_token) == "EXPIRED"
+        with pytest.raises(LeaseExpired):
+            await store.commit(reservation.reservation_id, "card-late")
+    assert await status_of(database_url, live.internal_token) == "RESERVED"
+
+
+async def test_expired_pairs_are_never_reissued(store):
+    await load(store, 2)
+    lapsed = await store.reserve(POOL, SHORT_LEASE)
+    await asyncio.sleep(SHORT_LEASE * 3)
+    await store.expire_leases()
+    other = await store.reserve(POOL, LEASE)
+    assert other.pair != lapsed.pair
+    with pytest.raises(PoolExhausted):
+        await store.reserve(POOL, LEASE)
+
+
+async def test_expire_leases_works_through_more_than_one_batch(store):
+    await load(store, 7)
+    await store.reserve_many(POOL, 7, SHORT_LEASE)
+    await asyncio.sleep(SHORT_LEASE * 3)
+    assert await store.expire_leases(limit=3) == 7
+
+
+async def test_release_returns_the_pair_to_the_pool(store, database_url):
+    await load(store, 1)
+    reservation = await store.reserve(POOL, LEASE)
+    await store.release(reservation.reservation_id)
+    assert await status_of(database_url, reservation.internal_token) == "AVAILABLE"
+    again = await store.reserve(POOL, LEASE)
+    assert again.pair == reservation.pair
+    assert again.reservation_id != reservation.reservation_id
+
+
+async def test_a_released_reservation_can_no_longer_be_committed(store):
+    await load(store, 1)
+    reservation = await store.reserve(POOL, LEASE)
+    await store.release(reservation.reservation_id)
+    with pytest.raises(UnknownReservation):
+        await store.commit(reservation.reservation_id, "card-1")
+
+
+async def test_a_committed_pair_cannot_be_released(store):
+    await load(store, 1)
+    reservation = await store.reserve(POOL, LEASE)
+    await store.commit(reservation.reservation_id, "card-1")
+    with pytest.raises(ReservationConflict):
+        await store.release(reservation.reservation_id)
+
+
+async def test_a_lapsed_lease_cannot_be_released(store):
+    await load(store, 1)
+    reservation = await store.reserve(POOL, SHORT_LEASE)
+    await asyncio.sleep(SHORT_LEASE * 3)
+    with pytest.raises(LeaseExpired):
+        await store.release(reservation.reservation_id)
+
+
+async def test_release_of_an_unknown_reservation_is_refused(store):
+    with pytest.raises(UnknownReservation):
+        await store.release(uuid.uuid4())
+
+
+async def test_pools_are_separate(store):
+    await load(store, 2, pool="program-a")
+    await load(store, 1, pool="program-b")
+    reservation = await store.reserve("program-b", LEASE)
+    assert reservation.pool == "program-b"
+    assert (await store.stats("program-a")).available == 2
+    assert (await store.stats("program-b")).available == 0
+
+
+async def test_lookup_answers_a_batch_in_one_call(store):
+    pairs = await load(store, 4)
+    found = await store.lookup([pairs[0].external_ref, pairs[3].external_ref, "ext_unknown"])
+    assert found == {pairs[0].external_ref: pairs[0].internal_token, pairs[3].external_ref: pairs[3].internal_token}
+    assert await store.lookup([]) == {}
+
+
+async def test_stats_follow_every_transition_and_match_an_exact_count(store):
+    await load(store, 10)
+    committed = await store.reserve(POOL, LEASE)
+    await store.commit(committed.reservation_id, "card-1")
+    released = await store.reserve(POOL, LEASE)
+    await store.release(released.reservation_id)
+    await store.reserve_many(POOL, 2, SHORT_LEASE)
+    await store.reserve(POOL, LEASE)
+    await asyncio.sleep(SHORT_LEASE * 3)
+    await store.expire_leases()
+    stats = await store.stats(POOL)
+    assert stats.counts == {
+        PairStatus.AVAILABLE: 6, PairStatus.RESERVED: 1, PairStatus.USED: 1, PairStatus.EXPIRED: 2
+    }
+    assert stats == await store.exact_stats(POOL)
+    assert stats.as_dict() == {
+        "pool": POOL, "available": 6, "reserved": 1, "used": 1, "expired": 2, "total": 10
+    }
+
+
+# --- The database itself refuses illegal transitions, whatever statement tries -----------------------
+
+ILLEGAL_UPDATES = [
+    ("USED", "UPDATE token_pool SET status = 'AVAILABLE', card_ref = NULL WHERE id = %(id)s"),
+    ("USED", "UPDATE token_pool SET status = 'RESERVED' WHERE id = %(id)s"),
+    ("USED", "UPDATE token_pool SET card_ref = 'another-card' WHERE id = %(id)s"),
+    ("EXPIRED", "UPDATE token_pool SET status = 'AVAILABLE', reservation_id = NULL, lease_expires_at = NULL"
+                " WHERE id = %(id)s"),
+    ("EXPIRED", "UPDATE token_pool SET status = 'RESERVED' WHERE id = %(id)s"),
+    ("AVAILABLE", "UPDATE token_pool SET status = 'USED', card_ref = 'c' WHERE id = %(id)s"),
+    ("AVAILABLE", "UPDATE token_pool SET status = 'EXPIRED' WHERE id = %(id)s"),
+    ("AVAILABLE", "UPDATE token_pool SET internal_token = 'forged' WHERE id = %(id)s"),
+    ("AVAILABLE", "UPDATE token_pool SET external_ref = 'forged' WHERE id = %(id)s"),
+    ("AVAILABLE", "UPDATE token_pool SET status = 'RESERVED' WHERE id = %(id)s"),  # no lease: CHECK
+    ("AVAILABLE", "UPDATE token_pool SET status = 'LOST' WHERE id = %(id)s"),
+]
+
+
+@pytest.mark.parametrize(("start", "statement"), ILLEGAL_UPDATES)
+async def test_the_database_refuses_an_illegal_change(store, database_url, start, statement):
+    await load(store, 1)
+    if start != "AVAILABLE":
+        reservation = await store.reserve(POOL, SHORT_LEASE if start == "EXPIRED" else LEASE)
+        if start == "USED":
+            await store.commit(reservation.reservation_id, "card-1")
+        else:
+            await asyncio.sleep(SHORT_LEASE * 3)
+            await store.expire_leases()
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        row = await (await conn.execute("SELECT id, status FROM token_pool")).fetchone()
+        assert row[1] == start
+        with pytest.raises(psycopg.errors.CheckViolation):
+            await conn.execute(statement, {"id": row[0]})
+
+
+async def test_the_pool_table_cannot_be_truncated(store, database_url):
+    await load(store, 1)
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            await conn.execute("TRUNCATE token_pool")
