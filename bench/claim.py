@@ -23,6 +23,7 @@ from bench.common import fresh_database, pgbench_path, server_url, server_versio
 from tokenpool.db.connection import open_pool
 from tokenpool.db.pool_store import CLAIM_KEY_RANGE, PostgresTokenPool
 from tokenpool.db.queries import sql
+from tokenpool.pool.claim_batcher import ClaimBatcher
 from tokenpool.pool.errors import PoolExhausted
 from tokenpool.pool.model import TokenPair
 from tokenpool.settings import Settings
@@ -59,17 +60,18 @@ def run_pgbench(url: str, clients: int, seconds: int) -> float:
     return float(match.group(1))
 
 
-async def _claim_for(url: str, clients: int, seconds: float) -> int:
+async def _claim_for(url: str, clients: int, seconds: float, batched: bool) -> int:
     settings = Settings()
     pool = await open_pool(url, settings, min_size=clients, max_size=clients)
     store = PostgresTokenPool(pool)
+    reserve = ClaimBatcher(store).reserve if batched else store.reserve
     deadline = time.perf_counter() + seconds
     count = 0
 
     async def worker() -> None:
         nonlocal count
         while time.perf_counter() < deadline:
-            await store.reserve(POOL, LEASE_SECONDS)
+            await reserve(POOL, LEASE_SECONDS)
             count += 1
 
     await asyncio.gather(*(worker() for _ in range(clients)))
@@ -77,16 +79,21 @@ async def _claim_for(url: str, clients: int, seconds: float) -> int:
     return count
 
 
-def _process_main(url: str, clients: int, seconds: float, queue: multiprocessing.Queue[int]) -> None:
-    queue.put(asyncio.run(_claim_for(url, clients, seconds)))
+def _process_main(
+    url: str, clients: int, seconds: float, batched: bool, queue: multiprocessing.Queue[int]
+) -> None:
+    queue.put(asyncio.run(_claim_for(url, clients, seconds, batched)))
 
 
-def run_library(url: str, clients: int, seconds: int, processes: int) -> float:
-    """reserve() from ``processes`` OS processes (like pgbench's -j threads), clients split between them."""
+def run_library(url: str, clients: int, seconds: int, processes: int, batched: bool) -> float:
+    """reserve() from ``processes`` OS processes (like pgbench's -j threads), clients split between them.
+
+    ``batched``: through ClaimBatcher, which merges concurrent calls of a process into one statement.
+    """
     processes = min(processes, clients)
     queue: multiprocessing.Queue[int] = multiprocessing.Queue()
     split = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
-    workers = [multiprocessing.Process(target=_process_main, args=(url, n, seconds, queue)) for n in split]
+    workers = [multiprocessing.Process(target=_process_main, args=(url, n, seconds, batched, queue)) for n in split]
     for w in workers:
         w.start()
     total = sum(queue.get(timeout=seconds + 120) for _ in workers)
@@ -135,7 +142,9 @@ async def ageing(url: str, claims: int, step: int, clients: int) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pairs", type=int, default=1_000_000)
     parser.add_argument("--clients", default="1,4,16,64")
     parser.add_argument("--seconds", type=int, default=10)
@@ -149,17 +158,24 @@ def main() -> None:
     print(f"server: PostgreSQL {server_version(url)}; pgbench: {pgbench_path()}")
     rate = asyncio.run(load(url, args.pairs))
     print(f"loaded {args.pairs:,} pairs with COPY at {rate:,.0f} pairs/s\n")
-    print(f"{'clients':>7} {'pgbench/s':>10} {'library/s':>10} {'ratio':>6}")
+    print("library = one statement per reserve(); batched = reserve() through ClaimBatcher")
+    print(f"{'clients':>7} {'pgbench/s':>10} {'library/s':>10} {'ratio':>6} {'batched/s':>10} {'ratio':>6}")
     for clients in [int(c) for c in args.clients.split(",")]:
         reference = run_pgbench(url, clients, args.seconds)
-        library = run_library(url, clients, args.seconds, args.processes)
-        print(f"{clients:>7} {reference:>10,.0f} {library:>10,.0f} {library / reference:>6.0%}", flush=True)
+        library = run_library(url, clients, args.seconds, args.processes, batched=False)
+        batched = run_library(url, clients, args.seconds, args.processes, batched=True)
+        print(
+            f"{clients:>7} {reference:>10,.0f} {library:>10,.0f} {library / reference:>6.0%}"
+            f" {batched:>10,.0f} {batched / reference:>6.0%}",
+            flush=True,
+        )
 
     if args.ageing:
         # A pool of its own, 20% larger than the run, so the curve shows ageing, not the last pairs.
         url = fresh_database(server_url(), "tokenpool_bench_claim")
         asyncio.run(load(url, int(args.ageing * 1.2)))
-        print(f"\nageing: {args.ageing:,} claims in a row, {args.ageing_clients}-way, rate per {args.ageing_step:,}")
+        print(f"\nageing: {args.ageing:,} claims in a row through reserve() (one statement each),"
+              f" {args.ageing_clients}-way, rate per {args.ageing_step:,}")
         rates = asyncio.run(ageing(url, args.ageing, args.ageing_step, args.ageing_clients))
         print(f"last/first: {rates[-1] / rates[0]:.0%}")
 

@@ -1,0 +1,75 @@
+"""The batcher's hand-out logic, against an in-memory reserver (the SQL is proven in integration tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from tokenpool.pool import PoolExhausted, Reservation
+from tokenpool.pool.claim_batcher import ClaimBatcher
+
+
+class SlowReserver:
+    def __init__(self, available: int, delay: float = 0.01, fail: Exception | None = None) -> None:
+        self.available = available
+        self.delay = delay
+        self.fail = fail
+        self.statements: list[int] = []
+        self.released: list[uuid.UUID] = []
+
+    async def reserve_many(self, pool: str, n: int, lease_seconds: float) -> list[Reservation]:
+        self.statements.append(n)
+        await asyncio.sleep(self.delay)
+        if self.fail:
+            raise self.fail
+        take = min(n, self.available)
+        self.available -= take
+        now = datetime.now(UTC)
+        return [Reservation(uuid.uuid4(), pool, f"tok{i}", f"ext{i}", now) for i in range(take)]
+
+    async def release(self, reservation_id: uuid.UUID) -> None:
+        self.released.append(reservation_id)
+
+
+async def test_a_lone_caller_is_served_by_a_batch_of_one():
+    reserver = SlowReserver(10)
+    await ClaimBatcher(reserver).reserve("p", 30)
+    assert reserver.statements == [1]
+
+
+async def test_a_burst_is_served_by_few_statements_and_each_caller_gets_its_own_pair():
+    reserver = SlowReserver(1_000)
+    batcher = ClaimBatcher(reserver, max_batch=64, max_in_flight=2)
+    results = await asyncio.gather(*(batcher.reserve("p", 30) for _ in range(300)))
+    assert len({r.reservation_id for r in results}) == 300
+    assert sum(reserver.statements) == 300
+    assert len(reserver.statements) < 20
+
+
+async def test_callers_beyond_the_pool_get_pool_exhausted():
+    reserver = SlowReserver(5)
+    batcher = ClaimBatcher(reserver)
+    results = await asyncio.gather(*(batcher.reserve("p", 30) for _ in range(8)), return_exceptions=True)
+    assert sum(isinstance(r, Reservation) for r in results) == 5
+    assert sum(isinstance(r, PoolExhausted) for r in results) == 3
+
+
+async def test_a_database_error_reaches_every_waiter_of_the_batch():
+    batcher = ClaimBatcher(SlowReserver(5, fail=ConnectionError("db down")))
+    results = await asyncio.gather(*(batcher.reserve("p", 30) for _ in range(4)), return_exceptions=True)
+    assert all(isinstance(r, ConnectionError) for r in results)
+
+
+async def test_a_pair_claimed_for_a_caller_who_gave_up_is_released():
+    reserver = SlowReserver(10, delay=0.05)
+    batcher = ClaimBatcher(reserver)
+    task = asyncio.create_task(batcher.reserve("p", 30))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.1)
+    assert len(reserver.released) == 1
