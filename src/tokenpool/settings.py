@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     tome_breaker_ttl_s: float = Field(default=10.0, gt=0, description="Open state length before a probe.")
     tome_max_connections: int = Field(default=20, ge=1)
 
+    # --- Refill (issue 4: owned by the refill job; add below this line) ---------------------------
+
+    # --- Service (issue 5: owned by the HTTP service; add below this line) -------------------------
+
     # --- Observability ----------------------------------------------------------------------------
     log_level: str = "INFO"
     log_json: bool = True
