@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tokenpool.pool import PoolExhausted, Reservation
+from tokenpool.pool import PoolExhausted, PoolUnavailable, Reservation
 from tokenpool.pool.claim_batcher import ClaimBatcher
 
 
@@ -73,3 +73,14 @@ async def test_a_pair_claimed_for_a_caller_who_gave_up_is_released():
         await task
     await asyncio.sleep(0.1)
     assert len(reserver.released) == 1
+
+
+async def test_waiters_are_failed_not_left_hanging_when_the_flush_is_cancelled():
+    reserver = SlowReserver(10, delay=5.0)
+    batcher = ClaimBatcher(reserver, max_in_flight=1)
+    waiters = [asyncio.create_task(batcher.reserve("p", 30)) for _ in range(3)]
+    await asyncio.sleep(0.02)
+    for flush in list(batcher._tasks):
+        flush.cancel()
+    results = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), timeout=1.0)
+    assert all(isinstance(r, PoolUnavailable) for r in results)

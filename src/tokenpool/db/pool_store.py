@@ -117,12 +117,17 @@ class PostgresTokenPool:
             async with conn.cursor().copy(sql("copy_staging")) as copy:
                 for pair in pairs:
                     await copy.write_row((pair.internal_token, pair.external_ref))
-            cursor = await conn.execute(sql("staging_conflicts"), {"pool": pool})
-            row = await cursor.fetchone()
-            if row and row[0]:
-                raise PairConflict(int(row[0]))
             cursor = await conn.execute(sql("load_staging"), {"pool": pool, "batch_id": batch_id})
-            return cursor.rowcount
+            added = cursor.rowcount
+            if added < len(pairs):
+                # Some staged pairs were skipped: already stored (fine) or contradicting (not fine).
+                # Checked only now so the common load of all-new pairs pays nothing for it; raising
+                # rolls the insert back with the rest of the transaction.
+                cursor = await conn.execute(sql("staging_conflicts"), {"pool": pool})
+                row = await cursor.fetchone()
+                if row and row[0]:
+                    raise PairConflict(int(row[0]))
+            return added
 
     async def stats(self, pool: str) -> PoolStats:
         return await self._stats("stats", pool)

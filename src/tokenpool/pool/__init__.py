@@ -5,6 +5,7 @@ from tokenpool.pool.errors import (
     PairConflict,
     PoolError,
     PoolExhausted,
+    PoolUnavailable,
     ReservationConflict,
     UnknownReservation,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "PoolError",
     "PoolExhausted",
     "PoolStats",
+    "PoolUnavailable",
     "Reservation",
     "ReservationConflict",
     "TokenPair",

@@ -17,8 +17,14 @@ from collections import defaultdict, deque
 from typing import Protocol
 from uuid import UUID
 
-from tokenpool.pool.errors import PoolExhausted
+from tokenpool.pool.errors import PoolExhausted, PoolUnavailable
 from tokenpool.pool.model import Reservation
+
+
+def _fail(futures: list[asyncio.Future[Reservation]], error: BaseException) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(error)
 
 
 class ManyReserver(Protocol):
@@ -53,6 +59,7 @@ class ClaimBatcher:
     async def _flush(self, key: _Key) -> None:
         pool, lease_seconds = key
         queue = self._waiting[key]
+        batch: list[asyncio.Future[Reservation]] = []
         try:
             while queue:
                 batch = [f for f in (queue.popleft() for _ in range(min(len(queue), self._max_batch)))
@@ -62,11 +69,17 @@ class ClaimBatcher:
                 try:
                     reservations = await self._store.reserve_many(pool, len(batch), lease_seconds)
                 except Exception as error:  # every waiter of the batch learns why, none hangs
-                    for future in batch:
-                        if not future.done():
-                            future.set_exception(error)
+                    _fail(batch, error)
                     continue
                 await self._hand_out(pool, batch, reservations)
+        except BaseException:
+            # Cancelled (shutdown): no waiter may be left hanging, neither this batch nor, when no
+            # other flush is running to serve them, those still queued.
+            _fail(batch, PoolUnavailable(pool))
+            if self._in_flight[key] == 1:
+                _fail(list(queue), PoolUnavailable(pool))
+                queue.clear()
+            raise
         finally:
             self._in_flight[key] -= 1
 

@@ -19,6 +19,16 @@ class PoolExhausted(PoolError):
         self.pool = pool
 
 
+class PoolUnavailable(PoolError):
+    """A reservation was abandoned before it was made (shutdown); nothing was reserved for it."""
+
+    code = "POOL_UNAVAILABLE"
+
+    def __init__(self, pool: str) -> None:
+        super().__init__(f"reservation for pool {pool!r} abandoned: the claim batcher is shutting down")
+        self.pool = pool
+
+
 class UnknownReservation(PoolError):
     code = "RESERVATION_NOT_FOUND"
 
