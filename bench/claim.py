@@ -25,7 +25,7 @@ from tokenpool.db.pool_store import CLAIM_KEY_RANGE, PostgresTokenPool
 from tokenpool.db.queries import sql
 from tokenpool.pool.claim_batcher import ClaimBatcher
 from tokenpool.pool.errors import PoolExhausted
-from tokenpool.pool.model import TokenPair
+from tokenpool.pool.model import Reservation, TokenPair
 from tokenpool.settings import Settings
 
 POOL = "bench"
@@ -116,10 +116,16 @@ async def load(url: str, count: int) -> float:
     return count / elapsed
 
 
-async def ageing(url: str, claims: int, step: int, clients: int) -> list[float]:
-    """``claims`` reservations in a row at ``clients``-way concurrency; the rate of each ``step``."""
+async def ageing(url: str, claims: int, step: int, clients: int, head_first: bool = False) -> list[float]:
+    """``claims`` reservations in a row at ``clients``-way concurrency; the rate of each ``step``.
+
+    ``head_first``: the control. The same statement with its start pinned to 0, i.e. the classic
+    claim that always reads the claim index from its head.
+    """
     pool = await open_pool(url, Settings(), min_size=clients, max_size=clients)
     store = PostgresTokenPool(pool)
+    if head_first:
+        store = _HeadFirst(pool)
     rates: list[float] = []
     for _ in range(claims // step):
         remaining = step
@@ -141,6 +147,15 @@ async def ageing(url: str, claims: int, step: int, clients: int) -> list[float]:
     return rates
 
 
+class _HeadFirst(PostgresTokenPool):
+    async def reserve(self, pool: str, lease_seconds: float, *, conn: object = None) -> Reservation:
+        params = {"pool": pool, "n": 1, "start": 0, "lease_seconds": lease_seconds}
+        rows = await self._fetch("reserve", params, None)
+        if not rows:
+            raise PoolExhausted(pool)
+        return Reservation(*rows[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -152,6 +167,8 @@ def main() -> None:
     parser.add_argument("--ageing", type=int, default=1_000_000, help="claims in the ageing run (0: skip)")
     parser.add_argument("--ageing-step", type=int, default=100_000)
     parser.add_argument("--ageing-clients", type=int, default=16)
+    parser.add_argument("--control", type=int, default=300_000,
+                        help="claims in the head-first control run (0: skip)")
     args = parser.parse_args()
 
     url = fresh_database(server_url(), "tokenpool_bench_claim")
@@ -177,6 +194,13 @@ def main() -> None:
         print(f"\nageing: {args.ageing:,} claims in a row through reserve() (one statement each),"
               f" {args.ageing_clients}-way, rate per {args.ageing_step:,}")
         rates = asyncio.run(ageing(url, args.ageing, args.ageing_step, args.ageing_clients))
+        print(f"last/first: {rates[-1] / rates[0]:.0%}")
+
+    if args.control:
+        url = fresh_database(server_url(), "tokenpool_bench_claim")
+        asyncio.run(load(url, int(args.control * 1.2)))
+        print(f"\ncontrol: {args.control:,} claims of the same statement from the head of the index (start = 0)")
+        rates = asyncio.run(ageing(url, args.control, args.ageing_step, args.ageing_clients, head_first=True))
         print(f"last/first: {rates[-1] / rates[0]:.0%}")
 
 
