@@ -71,7 +71,10 @@ async def _claim_for(url: str, clients: int, seconds: float, batched: bool) -> i
     async def worker() -> None:
         nonlocal count
         while time.perf_counter() < deadline:
-            await reserve(POOL, LEASE_SECONDS)
+            try:
+                await reserve(POOL, LEASE_SECONDS)
+            except PoolExhausted:
+                return  # main() tops the pool up between points; a dry pool ends this one early
             count += 1
 
     await asyncio.gather(*(worker() for _ in range(clients)))
@@ -114,6 +117,15 @@ async def load(url: str, count: int) -> float:
     elapsed = time.perf_counter() - started
     await pool.close()
     return count / elapsed
+
+
+async def top_up(url: str, pairs: int) -> None:
+    """Keeps at least half of ``pairs`` available, so no measured point runs the pool dry."""
+    pool = await open_pool(url, Settings(), min_size=1, max_size=1)
+    available = (await PostgresTokenPool(pool).stats(POOL)).available
+    await pool.close()
+    if available < pairs // 2:
+        await load(url, pairs)
 
 
 async def ageing(url: str, claims: int, step: int, clients: int, head_first: bool = False) -> list[float]:
@@ -178,6 +190,7 @@ def main() -> None:
     print("library = one statement per reserve(); batched = reserve() through ClaimBatcher")
     print(f"{'clients':>7} {'pgbench/s':>10} {'library/s':>10} {'ratio':>6} {'batched/s':>10} {'ratio':>6}")
     for clients in [int(c) for c in args.clients.split(",")]:
+        asyncio.run(top_up(url, args.pairs))
         reference = run_pgbench(url, clients, args.seconds)
         library = run_library(url, clients, args.seconds, args.processes, batched=False)
         batched = run_library(url, clients, args.seconds, args.processes, batched=True)
