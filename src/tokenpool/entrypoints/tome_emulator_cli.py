@@ -1,0 +1,50 @@
+"""The ``tokenpool tome-emulator`` command: parse flags, hand over to the emulator server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``tome-emulator`` to ``app``."""
+    app.command("tome-emulator")(tome_emulator)
+
+
+def tome_emulator(
+    db: Annotated[Path, typer.Option("--db", help="SQLite vault file (created if missing, kept across runs).")],
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8099,
+    latency_ms: Annotated[float, typer.Option("--latency-ms", min=0, help="Added to every call.")] = 0,
+    jitter_ms: Annotated[float, typer.Option("--jitter-ms", min=0, help="Random extra latency 0..N ms.")] = 0,
+    rate_limit_rps: Annotated[
+        float, typer.Option("--rate-limit-rps", min=0, help="Requests/s before 429 + Retry-After; 0 = unlimited.")
+    ] = 0,
+    error_rate: Annotated[
+        float, typer.Option("--error-rate", min=0, max=1, help="Share of calls failing 500/503.")
+    ] = 0,
+    outage: Annotated[bool, typer.Option("--outage", help="Start in a full outage (every call 503).")] = False,
+    slow_ms: Annotated[float, typer.Option("--slow-ms", min=0, help="Extra wait before every answer.")] = 0,
+    corrupt_rate: Annotated[
+        float, typer.Option("--corrupt-rate", min=0, max=1, help="Share of answers missing their last item.")
+    ] = 0,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most items per request; over: 413.")] = 2_500,
+    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+) -> None:
+    """Run the TOME emulator: the contract of docs/tome-api.md, fault injection, a ledger. Faults can be
+    changed at run time with PUT /_admin/faults."""
+    from tokenpool.tome.emulator import Faults, serve  # deferred: keeps `tokenpool --help` fast
+
+    faults = Faults(
+        latency_ms=latency_ms,
+        jitter_ms=jitter_ms,
+        rate_limit_rps=rate_limit_rps,
+        error_rate=error_rate,
+        outage=outage,
+        slow_ms=slow_ms,
+        corrupt_rate=corrupt_rate,
+        max_batch=max_batch,
+    )
+    serve(host, port, db, faults, log_level=log_level)

@@ -1,0 +1,98 @@
+"""Every Prometheus metric tokenpool exports, in one place so names stay consistent.
+
+The refill job publishes the same names to CloudWatch (Embedded Metric Format), so a dashboard
+reads alike whichever runtime produced the figures.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# --- The pool ---------------------------------------------------------------------------------------
+POOL_PAIRS = Gauge("tokenpool_pool_pairs", "Token pairs in the pool by status.", ["pool", "status"])
+POOL_RESERVATIONS = Counter(
+    "tokenpool_pool_reservations_total", "Reservation attempts by outcome.", ["pool", "outcome"]
+)
+POOL_COMMITS = Counter("tokenpool_pool_commits_total", "Commits by outcome.", ["outcome"])
+POOL_LEASES_EXPIRED = Counter(
+    "tokenpool_pool_leases_expired_total", "Reservations quarantined because their lease lapsed."
+)
+POOL_PAIRS_ADDED = Counter("tokenpool_pool_pairs_added_total", "Pairs bulk-loaded into the pool.", ["pool"])
+
+# --- Refill (issue 4: owned by the refill job; add below this line) -------------------------------
+# EMF (the Lambda) publishes the same families under the same names: a counter's family name (its
+# Prometheus sample carries the `_total` suffix), pool pairs as POOL_PAIRS above.
+REFILL_PAIRS_ADDED = Counter("tokenpool_refill_pairs_added", "Pairs the refill job loaded into the pool.", ["pool"])
+REFILL_RUNS = Counter("tokenpool_refill_runs", "Refill runs by outcome.", ["pool", "outcome"])
+REFILL_DURATION = Histogram(
+    "tokenpool_refill_duration_seconds", "Wall time of one refill run.", ["pool"],
+    buckets=(0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0),
+)
+REFILL_TOME_REQUESTS = Counter(
+    "tokenpool_refill_tome_requests", "TOME HTTP requests sent by the refill job.", ["pool"]
+)
+POOL_HEALTH = Gauge(
+    "tokenpool_pool_health", "Pool health: 0 OK, 1 LOW, 2 CRITICAL, 3 EMPTY.", ["pool"]
+)
+POOL_HOURS_LEFT = Gauge("tokenpool_pool_hours_left", "Hours of available pairs at the current rate.", ["pool"])
+POOL_ALERTS = Counter("tokenpool_pool_alerts", "Health alerts by channel and outcome.", ["channel", "outcome"])
+
+# --- Service (issue 5: owned by the HTTP service; add below this line) -----------------------------
+HTTP_REQUESTS = Counter(
+    "tokenpool_http_requests_total", "HTTP requests by route template, method and status.",
+    ["route", "method", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "tokenpool_http_request_duration_seconds", "HTTP request latency by route template and method.",
+    ["route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+CARDS_CREATED = Counter(
+    "tokenpool_cards_created_total", "Cards created, by program and where the token pair came from.",
+    ["program", "token_source"],
+)
+CARD_REPLAYS = Counter(
+    "tokenpool_card_idempotent_replays_total", "Card creations answered with an existing card (Idempotency-Key)."
+)
+DETOKENIZED_REFS = Counter(
+    "tokenpool_detokenized_refs_total", "Detokenized references by where the answer came from (db, tome, none).",
+    ["source"],
+)
+TOME_CALLS_AVOIDED = Counter(
+    "tokenpool_tome_calls_avoided_total", "TOME calls the pool or the database made unnecessary.", ["operation"]
+)
+POOL_TRAFFIC_PERCENT = Gauge(
+    "tokenpool_pool_traffic_percent", "Share of card creations routed to the pool (canary), as last read."
+)
+
+# --- TOME -----------------------------------------------------------------------------------------
+# Owned by tokenpool.tome (issue 3). One HTTP attempt = one request sample; a logical call that retried
+# shows as several requests plus retries. Outcomes: ok, bad_request, rate_limited, server_error, timeout,
+# connection_error, bad_response, breaker_open (fail fast: no request reached TOME).
+TOME_REQUESTS = Counter(
+    "tokenpool_tome_requests_total",
+    "TOME calls by namespace, operation and outcome.",
+    ["namespace", "operation", "outcome"],
+)
+TOME_REQUEST_SECONDS = Histogram(
+    "tokenpool_tome_request_duration_seconds",
+    "Latency of one HTTP attempt to TOME.",
+    ["namespace", "operation"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+TOME_ITEMS = Counter(
+    "tokenpool_tome_items_total",
+    "Items (tokens or values) sent to TOME in successful calls.",
+    ["namespace", "operation"],
+)
+TOME_RETRIES = Counter(
+    "tokenpool_tome_retries_total",
+    "Retries of a TOME call by the reason of the failed attempt.",
+    ["operation", "reason"],
+)
+TOME_BREAKER_STATE = Gauge(
+    "tokenpool_tome_breaker_state", "TOME circuit breaker: 0 closed, 1 half-open, 2 open.", ["target"]
+)
+TOME_BREAKER_TRANSITIONS = Counter(
+    "tokenpool_tome_breaker_transitions_total", "TOME circuit breaker state changes.", ["target", "to_state"]
+)
