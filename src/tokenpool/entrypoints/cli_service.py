@@ -1,0 +1,155 @@
+"""CLI commands of the HTTP service: ``serve``, ``apikey create|revoke|list``, ``config set|unset|show``.
+
+Wire them into the main CLI with ``tokenpool.entrypoints.cli_service.register(app)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tokenpool import bootstrap
+from tokenpool.service.auth import ApiKeyError, ApiKeys, parse_scopes
+from tokenpool.service.runtime_config import KNOWN_KEYS, parse_percent, read_all, write
+from tokenpool.settings import Settings, get_settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+apikey_app = typer.Typer(help="API keys of the HTTP service (stored hashed; shown once).", no_args_is_help=True)
+config_app = typer.Typer(help="Runtime settings, picked up by running services within seconds.",
+                         no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.add_typer(apikey_app, name="apikey")
+    app.add_typer(config_app, name="config")
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+) -> None:
+    """Run the card and detokenize HTTP API (FastAPI on uvicorn)."""
+    import uvicorn
+
+    uvicorn.run(
+        "tokenpool.entrypoints.api:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=False,  # the service logs every request itself, as JSON with its correlation id
+        timeout_graceful_shutdown=10,
+    )
+
+
+@apikey_app.command("create")
+def apikey_create(
+    name: Annotated[str, typer.Option("--name", help="Unique name; audit rows carry it.")],
+    scopes: Annotated[str, typer.Option("--scopes", help="Comma-separated, e.g. cards:write,cards:read")],
+    as_json: Annotated[bool, typer.Option("--json", help='Print {"name", "key", "scopes"}.')] = False,
+) -> None:
+    """Create a key and print it ONCE (only its SHA-256 is stored)."""
+    try:
+        scope_list = parse_scopes(scopes)
+        principal, key = asyncio.run(_create_key(get_settings(), name, scope_list))
+    except ApiKeyError as error:
+        err_console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps({"name": principal.name, "key": key, "scopes": sorted(principal.scopes)}))
+    else:
+        console.print(f"key for {principal.name!r} (scopes {', '.join(sorted(principal.scopes))}):")
+        typer.echo(key)
+        console.print("[yellow]store it now: it is not shown again.[/]")
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(name: Annotated[str, typer.Option("--name", help="The key's name.")]) -> None:
+    """Revoke a key (running services stop accepting it within the key cache TTL)."""
+    if not asyncio.run(_with_keys(get_settings(), lambda keys: keys.revoke(name))):
+        err_console.print(f"[red]error:[/] no live key named {name!r}")
+        raise typer.Exit(1)
+    console.print(f"revoked {name!r}")
+
+
+@apikey_app.command("list")
+def apikey_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every key's name, scopes and dates (never the key)."""
+    rows: list[dict[str, Any]] = asyncio.run(_with_keys(get_settings(), lambda keys: keys.list()))
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table("name", "scopes", "created", "revoked")
+    for row in rows:
+        table.add_row(row["name"], ",".join(row["scopes"]), row["created_at"], row["revoked_at"] or "")
+    console.print(table)
+
+
+@config_app.command("set")
+def config_set(
+    key: Annotated[str, typer.Argument(help="pool-traffic-percent")],
+    value: Annotated[str, typer.Argument(help="0..100")],
+) -> None:
+    """Set a runtime setting, e.g. `tokenpool config set pool-traffic-percent 10`."""
+    stored_key = _known_key(key)
+    percent = parse_percent(value)
+    if percent is None:
+        err_console.print("[red]error:[/] pool-traffic-percent must be an integer 0..100")
+        raise typer.Exit(2)
+    asyncio.run(_write(get_settings(), stored_key, percent))
+    console.print(f"{key} = {percent} (services pick it up within their cache TTL)")
+
+
+@config_app.command("unset")
+def config_unset(key: Annotated[str, typer.Argument(help="pool-traffic-percent")]) -> None:
+    """Remove a runtime setting: services fall back to their environment default."""
+    asyncio.run(_write(get_settings(), _known_key(key), None))
+    console.print(f"{key} unset")
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Runtime settings as JSON (stored values, and the environment default of each)."""
+    settings = get_settings()
+    stored = asyncio.run(_read(settings))
+    typer.echo(json.dumps({
+        "pool-traffic-percent": {
+            "stored": stored.get(KNOWN_KEYS["pool-traffic-percent"]),
+            "default": settings.pool_traffic_percent,
+        }
+    }))
+
+
+def _known_key(key: str) -> str:
+    if key not in KNOWN_KEYS:
+        err_console.print(f"[red]error:[/] unknown setting {key!r}; known: {', '.join(KNOWN_KEYS)}")
+        raise typer.Exit(2)
+    return KNOWN_KEYS[key]
+
+
+async def _create_key(settings: Settings, name: str, scopes: list[str]) -> Any:
+    return await _with_keys(settings, lambda keys: keys.create(name, scopes))
+
+
+async def _with_keys(settings: Settings, action: Any) -> Any:
+    async with bootstrap.open_database(settings, max_size=2) as db:
+        return await action(ApiKeys(db.pool))
+
+
+async def _write(settings: Settings, key: str, value: Any) -> None:
+    async with bootstrap.open_database(settings, max_size=2) as db:
+        await write(db.pool, key, value)
+
+
+async def _read(settings: Settings) -> dict[str, Any]:
+    async with bootstrap.open_database(settings, max_size=2) as db:
+        return await read_all(db.pool)

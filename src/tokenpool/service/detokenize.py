@@ -1,0 +1,117 @@
+"""Detokenize: external reference IDs -> internal tokens, from the database first, TOME NS2 second.
+
+The database answers for every pair the pool ever held (including pairs fetched from TOME for cards)
+and for pairs learned from NS2 before. The rest go to NS2 in one batched call; what it answers is
+stored, so the next lookup of those refs is local.
+
+When TOME is unavailable the request still succeeds with what the database knew: the other refs
+come back null with ``source: null``, ``complete: false`` and a ``TOME_UNAVAILABLE`` warning. Only
+when the database knew none of them is the answer a 503, since it would hold no information at all.
+
+Every request writes an audit row (refs as SHA-256 digests) before the answer is returned: no
+detokenization without its audit record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Literal
+
+from tokenpool.db.queries import sql
+from tokenpool.observability.logging import get_logger
+from tokenpool.observability.metrics import DETOKENIZED_REFS, TOME_CALLS_AVOIDED
+from tokenpool.service.auth import Principal
+from tokenpool.service.database import DatabaseUnavailable, ServiceDatabase
+from tokenpool.service.problems import unavailable
+from tokenpool.service.tome_port import TomePort
+from tokenpool.settings import Settings
+from tokenpool.tome.contract import TomeError
+
+log = get_logger("tokenpool.service.detokenize")
+
+Source = Literal["db", "tome"]
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    external_ref: str
+    internal_token: str | None
+    source: Source | None
+
+
+@dataclass(frozen=True, slots=True)
+class DetokenizeOutcome:
+    results: list[Resolution]
+    complete: bool
+
+
+def ref_digest(external_ref: str) -> str:
+    return hashlib.sha256(external_ref.encode()).hexdigest()
+
+
+class DetokenizeService:
+    def __init__(self, db: ServiceDatabase, tome: TomePort, settings: Settings) -> None:
+        self._db = db
+        self._tome = tome
+        self._settings = settings
+
+    async def detokenize(
+        self, refs: list[str], principal: Principal, correlation_id: str, client_addr: str | None
+    ) -> DetokenizeOutcome:
+        unique = list(dict.fromkeys(refs))
+        async with self._db.connection() as conn:
+            cursor = await conn.execute(sql("detokenize_local"), {"external_refs": unique})
+            known: dict[str, tuple[str, Source]] = {ref: (token, "db") for ref, token in await cursor.fetchall()}
+
+        misses = [ref for ref in unique if ref not in known]
+        learned: dict[str, str] = {}
+        tome_ok = True
+        if misses:
+            try:
+                values = await self._tome.detokenize(self._settings.tome_ns2, misses)
+                learned = {ref: value for ref, value in zip(misses, values, strict=True) if value is not None}
+            except TomeError as error:
+                tome_ok = False
+                log.warning("detokenize.tome_down", misses=len(misses), error=str(error)[:200])
+        else:
+            TOME_CALLS_AVOIDED.labels("detokenize").inc()
+        known.update({ref: (token, "tome") for ref, token in learned.items()})
+
+        results = [
+            Resolution(ref, *known[ref]) if ref in known else Resolution(ref, None, None) for ref in refs
+        ]
+        from_db = len(unique) - len(misses)
+        audit = {
+            "api_key_name": principal.name, "correlation_id": correlation_id, "client_addr": client_addr,
+            "ref_count": len(refs), "from_db": from_db, "from_tome": len(learned),
+            "unresolved": len(unique) - len(known), "ref_hashes": [ref_digest(ref) for ref in refs],
+        }
+        if not tome_ok and from_db == 0:
+            await self._audit_best_effort({**audit, "outcome": "failure"})
+            raise unavailable(
+                "TOME_UNAVAILABLE", "None of the references is in the database and TOME is unavailable.",
+                self._settings.service_retry_after_s,
+            )
+
+        async with self._db.transaction() as conn:
+            if learned:
+                await conn.execute(
+                    sql("learned_pairs_insert"),
+                    {"external_refs": list(learned), "internal_tokens": list(learned.values())},
+                )
+            await conn.execute(
+                sql("detokenize_audit_insert"), {**audit, "outcome": "success" if tome_ok else "partial"}
+            )
+        DETOKENIZED_REFS.labels("db").inc(from_db)
+        DETOKENIZED_REFS.labels("tome").inc(len(learned))
+        DETOKENIZED_REFS.labels("none").inc(len(unique) - len(known))
+        log.info("detokenize.done", refs=len(refs), from_db=from_db, from_tome=len(learned), complete=tome_ok)
+        return DetokenizeOutcome(results, complete=tome_ok)
+
+    async def _audit_best_effort(self, audit: dict[str, object]) -> None:
+        try:
+            async with self._db.connection() as conn:
+                await conn.execute(sql("detokenize_audit_insert"), audit)
+        except DatabaseUnavailable:
+            log.error("detokenize.audit_failed", correlation_id=audit["correlation_id"])

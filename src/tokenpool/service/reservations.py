@@ -1,0 +1,75 @@
+"""The reservation protocol for card services written in other languages: reserve, commit, release.
+
+Standalone reservations go through :class:`ClaimBatcher`, which folds concurrent ones into one claim
+statement. When the pool is empty the pair comes from TOME and is inserted as RESERVED with a lease,
+so commit, release (the pair then joins the pool) and the lease sweep treat it like any other.
+
+When the database is down, POST /v1/reservations answers 503 rather than handing out a TOME pair:
+such a pair could not be recorded, so its commit could not be checked and a release would lose it;
+the caller, which keeps its own TOME path for exactly this case, is better placed to use TOME itself.
+"""
+
+from __future__ import annotations
+
+import uuid
+from uuid import UUID
+
+from tokenpool.cards import TokenSource
+from tokenpool.db.pool_store import PostgresTokenPool
+from tokenpool.db.queries import sql
+from tokenpool.observability.logging import get_logger
+from tokenpool.pool.claim_batcher import ClaimBatcher
+from tokenpool.pool.errors import PoolExhausted
+from tokenpool.pool.model import Reservation
+from tokenpool.service.database import ServiceDatabase
+from tokenpool.service.problems import unavailable
+from tokenpool.service.tome_pairs import pair_from_tome
+from tokenpool.service.tome_port import TomePort
+from tokenpool.settings import Settings
+from tokenpool.tome.contract import TomeError
+
+log = get_logger("tokenpool.service.reservations")
+
+
+class ReservationService:
+    def __init__(
+        self, db: ServiceDatabase, store: PostgresTokenPool, tome: TomePort, settings: Settings
+    ) -> None:
+        self._db = db
+        self._store = store
+        self._tome = tome
+        self._settings = settings
+        self._batcher = ClaimBatcher(store)
+
+    async def reserve(self, program: str) -> tuple[Reservation, TokenSource]:
+        try:
+            async with self._db.guard():
+                reservation = await self._batcher.reserve(program, self._settings.lease_seconds)
+            return reservation, TokenSource.POOL
+        except PoolExhausted:
+            log.info("reservation.pool_empty.tome_fallback", program=program)
+        try:
+            pair = await pair_from_tome(self._tome, self._settings)
+        except TomeError as error:
+            raise unavailable(
+                "POOL_EXHAUSTED_TOME_UNAVAILABLE",
+                f"Pool {program!r} is empty and TOME is unavailable; nothing was reserved.",
+                self._settings.service_retry_after_s,
+            ) from error
+        async with self._db.connection() as conn:
+            cursor = await conn.execute(
+                sql("pair_insert_reserved"),
+                {"pool": program, "internal_token": pair.internal_token, "external_ref": pair.external_ref,
+                 "batch_id": uuid.uuid4(), "lease_seconds": self._settings.lease_seconds},
+            )
+            row = await cursor.fetchone()
+        assert row is not None
+        return Reservation(*row), TokenSource.TOME
+
+    async def commit(self, reservation_id: UUID, card_ref: str) -> None:
+        async with self._db.guard():
+            await self._store.commit(reservation_id, card_ref)
+
+    async def release(self, reservation_id: UUID) -> None:
+        async with self._db.guard():
+            await self._store.release(reservation_id)

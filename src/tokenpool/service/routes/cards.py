@@ -1,0 +1,61 @@
+"""POST /v1/cards and GET /v1/cards/{card_id}."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+
+from tokenpool.cards.idempotency import MAX_KEY_LENGTH, is_valid_key
+from tokenpool.service.auth import CARDS_READ, CARDS_WRITE, Principal
+from tokenpool.service.cards import CardOrder
+from tokenpool.service.problems import ProblemError
+from tokenpool.service.routes.docs import PROBLEMS
+from tokenpool.service.schemas import CardResponse, CreateCardRequest
+from tokenpool.service.security import require
+from tokenpool.service.state import components
+
+router = APIRouter(prefix="/v1", tags=["cards"])
+
+
+@router.post(
+    "/cards", status_code=201, response_model=CardResponse,
+    responses={200: {"description": "Idempotent replay: the card this Idempotency-Key created before.",
+                     "model": CardResponse}, **PROBLEMS},
+)
+async def create_card(
+    body: CreateCardRequest,
+    request: Request,
+    response: Response,
+    principal: Annotated[Principal, Depends(require(CARDS_WRITE))],
+    idempotency_key: Annotated[str | None, Header(
+        alias="Idempotency-Key", description=f"Up to {MAX_KEY_LENGTH} visible ASCII characters."
+    )] = None,
+) -> CardResponse:
+    """Create a card with a token pair from the pool (or TOME when the pool is empty)."""
+    if idempotency_key is not None and not is_valid_key(idempotency_key):
+        raise ProblemError(400, "INVALID_IDEMPOTENCY_KEY",
+                           f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} visible ASCII characters.")
+    order = CardOrder(body.program, body.customer_ref, idempotency_key, principal)
+    card, created = await components(request).cards.create(order)
+    if created:
+        response.headers["Location"] = f"/v1/cards/{card.card_id}"
+    else:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    return CardResponse.of(card)
+
+
+@router.get("/cards/{card_id}", response_model=CardResponse, responses=PROBLEMS)
+async def get_card(
+    card_id: str, request: Request, _principal: Annotated[Principal, Depends(require(CARDS_READ))]
+) -> CardResponse:
+    try:
+        parsed = uuid.UUID(card_id)
+    except ValueError:
+        parsed = None
+    card = await components(request).cards.get(parsed) if parsed else None
+    if card is None:
+        raise ProblemError(404, "CARD_NOT_FOUND", "No card with this id.")
+    return CardResponse.of(card)

@@ -1,0 +1,42 @@
+"""POST /v1/detokenize."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+
+from tokenpool.service.auth import TOKENS_DETOKENIZE, Principal
+from tokenpool.service.correlation import current_correlation_id
+from tokenpool.service.problems import ProblemError
+from tokenpool.service.routes.docs import PROBLEMS
+from tokenpool.service.schemas import DetokenizeRequest, DetokenizeResponse, DetokenizeResult, ResponseWarning
+from tokenpool.service.security import require
+from tokenpool.service.state import components
+
+router = APIRouter(prefix="/v1", tags=["tokens"])
+
+
+@router.post("/detokenize", response_model=DetokenizeResponse, responses=PROBLEMS)
+async def detokenize(
+    body: DetokenizeRequest,
+    request: Request,
+    principal: Annotated[Principal, Depends(require(TOKENS_DETOKENIZE))],
+) -> DetokenizeResponse:
+    """External reference IDs -> internal tokens (null when unknown), in request order."""
+    found = components(request)
+    limit = found.settings.service_max_detokenize_refs
+    if len(body.external_refs) > limit:
+        raise ProblemError(422, "TOO_MANY_REFS", f"At most {limit} external_refs per request.")
+    client = request.client.host if request.client else None
+    outcome = await found.detokenize.detokenize(body.external_refs, principal, current_correlation_id(), client)
+    warnings = [] if outcome.complete else [ResponseWarning(
+        code="TOME_UNAVAILABLE",
+        detail="TOME was unavailable: references not in the database are null with source null.",
+    )]
+    return DetokenizeResponse(
+        results=[DetokenizeResult(external_ref=r.external_ref, internal_token=r.internal_token, source=r.source)
+                 for r in outcome.results],
+        complete=outcome.complete,
+        warnings=warnings,
+    )

@@ -1,0 +1,81 @@
+"""Operations: /healthz, /readyz, /metrics and GET /v1/pools/{program}."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from tokenpool.observability.logging import get_logger
+from tokenpool.observability.metrics import POOL_PAIRS
+from tokenpool.pool.model import PairStatus, PoolStats
+from tokenpool.refill.health import check_pool_health
+from tokenpool.refill.journal import RefillJournal
+from tokenpool.service.auth import METRICS_READ, POOLS_READ, Principal
+from tokenpool.service.database import DatabaseUnavailable
+from tokenpool.service.problems import ProblemError
+from tokenpool.service.routes.docs import PROBLEMS
+from tokenpool.service.schemas import PoolResponse
+from tokenpool.service.security import require
+from tokenpool.service.state import Components, components
+
+router = APIRouter(tags=["operations"])
+log = get_logger("tokenpool.service.operations")
+
+
+def _publish(stats: PoolStats) -> None:
+    for status in PairStatus:
+        POOL_PAIRS.labels(stats.pool, status.value.lower()).set(stats.count(status))
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive (no dependency is checked)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: PROBLEMS["5XX"]})
+async def readyz(request: Request) -> dict[str, Any]:
+    """Ready when the database answers within a short timeout; reports TOME's breaker state."""
+    found = components(request)
+    breaker = found.tome.breaker_state()
+    if not await found.db.ping(found.settings.service_readiness_timeout_s):
+        raise ProblemError(
+            503, "DATABASE_UNAVAILABLE", "The database did not answer in time.",
+            headers={"Retry-After": str(found.settings.service_retry_after_s)},
+            extra={"database": "unavailable", "tome_breaker": breaker},
+        )
+    return {"status": "ready", "database": "ok", "tome_breaker": breaker}
+
+
+@router.get("/metrics", response_class=Response, responses=PROBLEMS)
+async def metrics(request: Request, _principal: Annotated[Principal, Depends(require(METRICS_READ))]) -> Response:
+    """Prometheus exposition; needs a key with scope metrics:read (scrape with a bearer token)."""
+    await _refresh_pool_gauges(components(request))
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/pools/{program}", response_model=PoolResponse, responses=PROBLEMS, tags=["pools"])
+async def pool(
+    program: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")],
+    request: Request,
+    _principal: Annotated[Principal, Depends(require(POOLS_READ))],
+) -> PoolResponse:
+    """Counts by status (cheap: trigger-kept counters) and health, as `tokenpool health` computes them."""
+    found = components(request)
+    async with found.db.guard():
+        health = await check_pool_health(found.store, RefillJournal(found.db.pool), found.settings, program)
+    if health.counts.get("total", 0) == 0:
+        raise ProblemError(404, "POOL_NOT_FOUND", f"Pool {program!r} has never held a pair.")
+    return PoolResponse.model_validate(health.as_dict())
+
+
+async def _refresh_pool_gauges(found: Components) -> None:
+    try:
+        async with found.db.guard(found.settings.service_readiness_timeout_s):
+            for name in await found.store.list_pools():
+                _publish(await found.store.stats(name))
+    except DatabaseUnavailable:
+        log.warning("metrics.pool_gauges_stale")  # the scrape still returns every other metric

@@ -1,0 +1,55 @@
+"""The reservation protocol: POST /v1/reservations, .../{id}/commit, .../{id}/release."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+
+from tokenpool.service.auth import RESERVATIONS_WRITE, Principal
+from tokenpool.service.problems import ProblemError
+from tokenpool.service.routes.docs import PROBLEMS
+from tokenpool.service.schemas import CommitRequest, ReservationOutcome, ReservationRequest, ReservationResponse
+from tokenpool.service.security import require
+from tokenpool.service.state import components
+
+router = APIRouter(prefix="/v1", tags=["reservations"])
+
+Writer = Annotated[Principal, Depends(require(RESERVATIONS_WRITE))]
+
+
+def _reservation_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise ProblemError(404, "RESERVATION_NOT_FOUND", "No reservation with this id.") from None
+
+
+@router.post("/reservations", status_code=201, response_model=ReservationResponse, responses=PROBLEMS)
+async def reserve(body: ReservationRequest, request: Request, _principal: Writer) -> ReservationResponse:
+    """Hold a token pair for a lease; commit it to a card or release it before the lease lapses."""
+    reservation, source = await components(request).reservations.reserve(body.program)
+    return ReservationResponse(
+        reservation_id=reservation.reservation_id, program=reservation.pool,
+        internal_token=reservation.internal_token, external_ref=reservation.external_ref,
+        lease_expires_at=reservation.lease_expires_at, token_source=source.value,
+    )
+
+
+@router.post("/reservations/{reservation_id}/commit", response_model=ReservationOutcome, responses=PROBLEMS)
+async def commit(
+    reservation_id: str, body: CommitRequest, request: Request, _principal: Writer
+) -> ReservationOutcome:
+    """Mark the pair used by ``card_ref``; repeating it for the same card is harmless."""
+    parsed = _reservation_id(reservation_id)
+    await components(request).reservations.commit(parsed, body.card_ref)
+    return ReservationOutcome(reservation_id=parsed, status="committed", card_ref=body.card_ref)
+
+
+@router.post("/reservations/{reservation_id}/release", response_model=ReservationOutcome, responses=PROBLEMS)
+async def release(reservation_id: str, request: Request, _principal: Writer) -> ReservationOutcome:
+    """Give the pair back to the pool (allowed while the lease holds)."""
+    parsed = _reservation_id(reservation_id)
+    await components(request).reservations.release(parsed)
+    return ReservationOutcome(reservation_id=parsed, status="released")

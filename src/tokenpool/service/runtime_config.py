@@ -1,0 +1,96 @@
+"""Settings changed at run time without a restart: rows of ``runtime_config``, reread every few seconds.
+
+Today one: ``pool_traffic_percent`` (the canary share), set with
+``tokenpool config set pool-traffic-percent N``. The environment variable
+``TOKENPOOL_POOL_TRAFFIC_PERCENT`` is the default when no row exists. Why a table rather than a
+signal: every instance of the service (and every worker process) sees the same value within the
+cache TTL, and the current value is visible to anyone who can read the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from tokenpool.db.queries import sql
+from tokenpool.observability.logging import get_logger
+from tokenpool.observability.metrics import POOL_TRAFFIC_PERCENT
+from tokenpool.service.database import DatabaseUnavailable, ServiceDatabase
+
+POOL_TRAFFIC_PERCENT_KEY = "pool_traffic_percent"
+
+# CLI names (kebab-case) -> stored keys, with the check each value must pass.
+KNOWN_KEYS = {"pool-traffic-percent": POOL_TRAFFIC_PERCENT_KEY}
+
+log = get_logger("tokenpool.service.runtime_config")
+
+
+def parse_percent(value: Any) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        return None
+    return number if 0 <= number <= 100 else None
+
+
+class RuntimeConfig:
+    def __init__(self, db: ServiceDatabase, *, default_percent: int, ttl_s: float) -> None:
+        self._db = db
+        self._default_percent = default_percent
+        self._ttl_s = ttl_s
+        self._values: dict[str, Any] = {}
+        self._fresh_until = 0.0
+        self._lock = asyncio.Lock()
+        self._loaded = False
+        self._refreshing: asyncio.Task[None] | None = None
+
+    async def pool_traffic_percent(self) -> int:
+        await self._refresh_if_stale()
+        percent = parse_percent(self._values.get(POOL_TRAFFIC_PERCENT_KEY))
+        result = self._default_percent if percent is None else percent
+        POOL_TRAFFIC_PERCENT.set(result)
+        return result
+
+    async def _refresh_if_stale(self) -> None:
+        if time.monotonic() < self._fresh_until:
+            return
+        if not self._loaded:
+            async with self._lock:  # the very first read waits; later ones never do
+                if not self._loaded:
+                    await self._refresh()
+            return
+        # Stale: refresh in the background and answer with the last value meanwhile, so that no request
+        # queues behind the refresh (under load it may wait for a connection like any other query).
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self._refresh())
+
+    async def _refresh(self) -> None:
+        try:
+            async with self._db.connection() as conn:
+                rows = await (await conn.execute(sql("runtime_config_get"))).fetchall()
+            self._values = {key: value for key, value in rows}
+        except DatabaseUnavailable:
+            # Keep the last known values; the request itself meets the outage on its own query.
+            log.warning("runtime_config.unreadable", kept=self._values)
+        self._loaded = True
+        self._fresh_until = time.monotonic() + self._ttl_s
+
+
+async def write(db_pool: Any, key: str, value: Any | None) -> None:
+    """Sets (or, with None, removes) one runtime setting. ``db_pool`` is a psycopg async pool."""
+    async with db_pool.connection() as conn:
+        if value is None:
+            await conn.execute(sql("runtime_config_unset"), {"key": key})
+        else:
+            await conn.execute(sql("runtime_config_set"), {"key": key, "value": Jsonb(value)})
+
+
+async def read_all(db_pool: Any) -> dict[str, Any]:
+    async with db_pool.connection() as conn:
+        rows = await (await conn.execute(sql("runtime_config_get"))).fetchall()
+    return {key: value for key, value in rows}

@@ -1,0 +1,37 @@
+"""FastAPI dependencies that authenticate ``Authorization: Bearer <key>`` and check one scope."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+import structlog
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from tokenpool.service.auth import Principal
+from tokenpool.service.problems import ProblemError
+from tokenpool.service.state import components
+
+_bearer = HTTPBearer(auto_error=False, description="An API key from `tokenpool apikey create`.")
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def require(scope: str) -> Callable[..., Awaitable[Principal]]:
+    async def authorized(request: Request, credentials: Credentials) -> Principal:
+        if credentials is None:
+            raise ProblemError(401, "AUTHENTICATION_REQUIRED", "Send 'Authorization: Bearer <api key>'.",
+                               headers=_CHALLENGE)
+        found = components(request)
+        async with found.db.guard():
+            principal = await found.api_keys.authenticate(credentials.credentials)
+        if principal is None:
+            raise ProblemError(401, "INVALID_API_KEY", "The API key is unknown or revoked.", headers=_CHALLENGE)
+        structlog.contextvars.bind_contextvars(api_key_name=principal.name)
+        if scope not in principal.scopes:
+            raise ProblemError(403, "INSUFFICIENT_SCOPE", f"The API key lacks the scope {scope!r}.")
+        return principal
+
+    return authorized

@@ -1,0 +1,156 @@
+"""The HTTP service running for real: uvicorn on a free port (in a thread), its own database, the emulator.
+
+Test modules import the fixtures they use from here (``from tests.integration.api_harness import ...``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+from psycopg_pool import AsyncConnectionPool
+
+from tests.factories import make_pairs
+from tests.fixtures.tome import FAST_TOME_SETTINGS, TomeEmulator, free_port
+from tokenpool.db.connection import connection_kwargs
+from tokenpool.db.pool_store import PostgresTokenPool
+from tokenpool.service.app import create_app
+from tokenpool.service.auth import SCOPES, ApiKeys
+from tokenpool.settings import Settings
+from tokenpool.tome.client import TomeClient
+
+POOL = "default"
+HTTP_TIMEOUT = httpx.Timeout(15.0)
+
+
+def service_settings(database_url: str, tome_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "tome_url": tome_url,
+        **FAST_TOME_SETTINGS,
+        "db_pool_max_size": 20,
+        "db_acquire_timeout_s": 5.0,
+        "service_db_timeout_s": 5.0,
+        "service_runtime_config_ttl_s": 0.2,
+        "service_api_key_cache_ttl_s": 0.2,
+        "service_retry_after_s": 2,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class ThreadedServer:
+    """uvicorn serving one app from a background thread (its own event loop), over real TCP."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = free_port()
+        app = create_app(
+            settings, database_url=settings.database_url.get_secret_value(),  # type: ignore[union-attr]
+            tome_factory=lambda: TomeClient(settings),
+        )
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, access_log=False,
+                                lifespan="on", timeout_graceful_shutdown=2, backlog=2048)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the service did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@dataclass
+class Api:
+    """A running service plus what tests need around it: keys, the pool, the database, the emulator."""
+
+    url: str
+    database_url: str
+    store: PostgresTokenPool
+    keys: ApiKeys
+    tome: TomeEmulator
+    server: ThreadedServer
+    _tokens: dict[str, str] = field(default_factory=dict)
+
+    async def key(self, *scopes: str) -> str:
+        """A bearer key with these scopes (all scopes when none given), made once per scope set."""
+        wanted = sorted(scopes or SCOPES)
+        name = ",".join(wanted)
+        if name not in self._tokens:
+            _principal, key = await self.keys.create(f"test-{uuid.uuid4().hex[:8]}", wanted)
+            self._tokens[name] = key
+        return self._tokens[name]
+
+    async def headers(self, *scopes: str, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {await self.key(*scopes)}", **extra}
+
+    @asynccontextmanager
+    async def client(self, max_connections: int = 100) -> AsyncIterator[httpx.AsyncClient]:
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        async with httpx.AsyncClient(base_url=self.url, timeout=HTTP_TIMEOUT, limits=limits) as client:
+            yield client
+
+    async def seed(self, n: int, pool: str = POOL) -> list[Any]:
+        pairs = make_pairs(n)
+        await self.store.add_pairs(pool, pairs, uuid.uuid4())
+        return pairs
+
+    def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            cursor = conn.execute(query, params)  # type: ignore[arg-type]
+            return cursor.fetchall() if cursor.description else []
+
+    def tome_requests(self) -> int:
+        return sum(n for ops in self.tome.stats()["requests"].values() for n in ops.values())
+
+
+@asynccontextmanager
+async def running_api(database_url: str, tome: TomeEmulator, **overrides: Any) -> AsyncIterator[Api]:
+    settings = service_settings(database_url, tome.url, **overrides)
+    # Not open_pool: it waits for the database, and some tests start the service while it is down.
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        database_url, min_size=1, max_size=4, kwargs=connection_kwargs(settings), open=False
+    )
+    await pool.open(wait=False)
+    server = ThreadedServer(settings)
+    await asyncio.to_thread(server.start)
+    try:
+        yield Api(server.url, database_url, PostgresTokenPool(pool), ApiKeys(pool), tome, server)
+    finally:
+        await asyncio.to_thread(server.stop)
+        await pool.close()
+
+
+@pytest.fixture
+async def api(database_url: str, tome: TomeEmulator) -> AsyncIterator[Api]:
+    async with running_api(database_url, tome) as running:
+        yield running
+
+
+@pytest.fixture
+def no_tome_requests(api: Api) -> Iterator[None]:
+    """Asserts that the test sent TOME nothing."""
+    before = api.tome_requests()
+    yield
+    assert api.tome_requests() == before, "TOME was called"

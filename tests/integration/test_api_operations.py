@@ -1,0 +1,60 @@
+"""GET /v1/pools/{program}, /metrics, the correlation id, and OpenAPI."""
+
+from __future__ import annotations
+
+from tests.integration import api_harness
+from tests.integration.api_harness import POOL, Api
+
+api = api_harness.api  # the fixture: a running service with its own database
+
+
+
+async def test_pool_counts_and_health_are_reported(api: Api):
+    await api.seed(5)
+    async with api.client() as client:
+        await client.post("/v1/cards", json={"program": POOL, "customer_ref": "c"},
+                          headers=await api.headers("cards:write"))
+        response = await client.get(f"/v1/pools/{POOL}", headers=await api.headers("pools:read"))
+        unknown = await client.get("/v1/pools/never-loaded", headers=await api.headers("pools:read"))
+    body = response.json()
+    assert {k: body[k] for k in ("pool", "available", "reserved", "used", "expired", "total")} == {
+        "pool": POOL, "available": 4, "reserved": 0, "used": 1, "expired": 0, "total": 5}
+    assert body["status"] == "CRITICAL", "4 pairs are far below the default refill target"
+    assert body["target"] >= 4
+    assert (unknown.status_code, unknown.json()["code"]) == (404, "POOL_NOT_FOUND")
+
+
+async def test_metrics_show_requests_cards_by_source_pool_level_and_tome_calls_avoided(api: Api):
+    await api.seed(3)
+    async with api.client() as client:
+        await client.post("/v1/cards", json={"program": POOL, "customer_ref": "c"},
+                          headers=await api.headers("cards:write"))
+        response = await client.get("/metrics", headers=await api.headers("metrics:read"))
+    text = response.text
+    assert response.status_code == 200
+    assert 'tokenpool_http_requests_total{method="POST",route="/v1/cards",status="201"}' in text
+    assert "tokenpool_http_request_duration_seconds_bucket" in text
+    assert 'tokenpool_cards_created_total{program="default",token_source="pool"}' in text
+    assert 'tokenpool_pool_pairs{pool="default",status="available"} 2.0' in text
+    assert 'tokenpool_tome_calls_avoided_total{operation="issue"}' in text
+
+
+async def test_the_correlation_id_is_echoed_or_generated(api: Api):
+    async with api.client() as client:
+        echoed = await client.get("/healthz", headers={"X-Correlation-ID": "req-123"})
+        generated = await client.get("/healthz")
+        pan_like = await client.get("/healthz", headers={"X-Correlation-ID": "4000123412341234"})
+        problem = await client.get("/v1/nowhere", headers={"X-Correlation-ID": "req-404"})
+    assert echoed.headers["X-Correlation-ID"] == "req-123"
+    assert len(generated.headers["X-Correlation-ID"]) == 36
+    assert pan_like.headers["X-Correlation-ID"] != "4000123412341234", "a card-number-like id is replaced"
+    assert problem.json()["correlation_id"] == "req-404"
+
+
+async def test_openapi_describes_every_route(api: Api):
+    async with api.client() as client:
+        schema = (await client.get("/openapi.json")).json()
+    assert {"/v1/cards", "/v1/cards/{card_id}", "/v1/detokenize", "/v1/reservations",
+            "/v1/reservations/{reservation_id}/commit", "/v1/reservations/{reservation_id}/release",
+            "/v1/pools/{program}", "/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
+    assert "Problem" in schema["components"]["schemas"]
