@@ -46,10 +46,84 @@ class Settings(BaseSettings):
     tome_breaker_failure_threshold: int = Field(default=5, ge=1)
     tome_breaker_ttl_s: float = Field(default=10.0, gt=0, description="Open state length before a probe.")
     tome_max_connections: int = Field(default=20, ge=1)
+    tome_write_timeout_s: float = Field(default=5.0, gt=0)
+    tome_pool_timeout_s: float = Field(default=2.0, gt=0, description="Wait for a pooled HTTP connection.")
+    tome_breaker_failure_rate: float = Field(default=0.5, gt=0, le=1, description="Opens at this failure rate.")
+    tome_breaker_slow_call_s: float = Field(default=3.0, gt=0, description="A call slower than this is slow.")
+    tome_breaker_slow_call_rate: float = Field(default=0.8, gt=0, le=1, description="Opens at this slow rate.")
+    tome_breaker_window_s: float = Field(default=30.0, gt=0, description="Sliding window for the rates.")
+    tome_breaker_minimum_calls: int = Field(default=10, ge=1, description="Calls needed before rates count.")
+    tome_breaker_half_open_calls: int = Field(default=2, ge=1, description="Probes; this many successes close.")
 
     # --- Refill (issue 4: owned by the refill job; add below this line) ---------------------------
+    refill_target: int = Field(default=10_000, ge=0, description="Available pairs a refill fills up to (at least).")
+    refill_batch_size: int = Field(
+        default=2_500, ge=1, description="Tokens per TOME issue call (capped at tome_batch_size)."
+    )
+    refill_interval_s: float = Field(default=3_600.0, gt=0, description="Time between scheduled refills.")
+    refill_forecast_window_s: float = Field(
+        default=3 * 3_600.0, gt=0, description="Consumption rate is measured over this recent window."
+    )
+    refill_safety_factor: float = Field(
+        default=1.5, ge=1, description="Forecast = consumption rate x refill interval x this factor."
+    )
+    refill_sample_min_interval_s: float = Field(
+        default=60.0, ge=0, description="At most one consumption sample per pool per this many seconds."
+    )
+    refill_sample_keep_s: float = Field(default=7 * 86_400.0, gt=0, description="Consumption samples kept.")
+    refill_tome_max_rps: float = Field(default=5.0, gt=0, description="TOME requests/s a refill may send.")
+    refill_tome_max_in_flight: int = Field(default=2, ge=1, description="TOME requests a refill has open at once.")
+    refill_lease_ttl_s: float = Field(
+        default=60.0, gt=0, description="Refill lease length; renewed every third of it while running."
+    )
+    refill_idempotency_retention_s: float = Field(
+        default=86_400.0, gt=0,
+        description="How long TOME keeps an Idempotency-Key; older unissued batches are re-issued with a warning.",
+    )
+    refill_low_watermark_ratio: float = Field(
+        default=0.5, ge=0, le=1, description="Worker refills at once below this share of the target."
+    )
+    health_low_ratio: float = Field(default=0.20, ge=0, le=1, description="LOW below this share of the target.")
+    health_critical_ratio: float = Field(
+        default=0.05, ge=0, le=1, description="CRITICAL below this share of the target."
+    )
+    health_low_hours: float = Field(default=6.0, ge=0, description="LOW when fewer hours left at the current rate.")
+    health_critical_hours: float = Field(
+        default=1.0, ge=0, description="CRITICAL when fewer hours left at the current rate."
+    )
+    alert_sns_topic_arn: str | None = Field(default=None, description="SNS topic for pool health alerts.")
+    alert_sns_endpoint_url: str | None = Field(default=None, description="SNS endpoint override (tests: moto).")
+    alert_aws_region: str | None = Field(default=None, description="Region of the SNS client; unset: boto3's.")
+    alert_webhook_url: str | None = Field(default=None, description="URL that receives alerts as JSON POSTs.")
+    alert_timeout_s: float = Field(default=5.0, gt=0, description="Bound on one alert delivery.")
+    worker_pools: list[str] = Field(default_factory=list, description="Pools the worker keeps; empty: default_pool.")
+    worker_poll_s: float = Field(default=15.0, gt=0, description="Watermark and health poll interval.")
+    worker_janitor_interval_s: float = Field(default=15.0, gt=0, description="How often lapsed leases expire.")
+    worker_metrics_port: int = Field(default=9108, ge=0, le=65_535, description="Prometheus port; 0: none.")
+    worker_stop_grace_s: float = Field(
+        default=20.0, gt=0, description="On SIGTERM, time for the batches in flight to finish."
+    )
+    emf_namespace: str = Field(default="tokenpool", description="CloudWatch namespace of the EMF metrics.")
 
     # --- Service (issue 5: owned by the HTTP service; add below this line) -------------------------
+    pool_traffic_percent: int = Field(
+        default=100, ge=0, le=100,
+        description="Share of card creations served from the pool (rest: TOME). Default when the"
+        " runtime_config table holds no value; `tokenpool config set pool-traffic-percent N` overrides it.",
+    )
+    service_runtime_config_ttl_s: float = Field(
+        default=3.0, gt=0, description="How long a runtime_config value (canary share) is cached."
+    )
+    service_api_key_cache_ttl_s: float = Field(
+        default=10.0, ge=0, description="How long an API key check is cached (bounds revocation delay)."
+    )
+    service_db_timeout_s: float = Field(
+        default=3.0, gt=0, description="Bound on the database part of one request; beyond it: 503."
+    )
+    service_readiness_timeout_s: float = Field(default=1.0, gt=0, description="Bound on /readyz's probe.")
+    service_retry_after_s: int = Field(default=5, ge=1, description="Retry-After sent with a 503.")
+    service_max_body_bytes: int = Field(default=512 * 1024, ge=1024, description="Larger bodies: 413.")
+    service_max_detokenize_refs: int = Field(default=1_000, ge=1, le=10_000)
 
     # --- Observability ----------------------------------------------------------------------------
     log_level: str = "INFO"

@@ -132,3 +132,234 @@ GROUP BY status;
 -- list_pools --
 -- Pools that have ever held a pair.
 SELECT DISTINCT pool FROM token_pool_counts ORDER BY pool;
+
+-- ===== service (issue 5: cards, detokenize, API keys, idempotency, audit, runtime config) =====
+
+-- ping --
+-- Readiness probe: the database answers.
+SELECT 1;
+
+-- card_insert --
+-- A new card with both tokens of its pair; runs in the transaction that took (or inserted) the pair.
+INSERT INTO cards (card_id, program, customer_ref, internal_token, external_ref, token_source)
+VALUES (%(card_id)s, %(program)s, %(customer_ref)s, %(internal_token)s, %(external_ref)s, %(token_source)s)
+RETURNING card_id, program, customer_ref, internal_token, external_ref, token_source, created_at;
+
+-- card_get --
+-- One card by id.
+SELECT card_id, program, customer_ref, internal_token, external_ref, token_source, created_at
+FROM cards
+WHERE card_id = %(card_id)s;
+
+-- pair_insert_used --
+-- A pair obtained from TOME for one card (pool empty, or canary), recorded as USED by that card.
+-- An INSERT is not a status transition, so the status machine allows it; the CHECK wants card_ref.
+-- batch_id is the card's id: such a pair is a batch of its own.
+INSERT INTO token_pool (pool, internal_token, external_ref, status, batch_id, used_at, card_ref)
+VALUES (%(pool)s, %(internal_token)s, %(external_ref)s, 'USED', %(card_id)s, now(), %(card_id)s::text);
+
+-- pair_insert_reserved --
+-- A pair obtained from TOME for POST /v1/reservations when the pool is empty, recorded as RESERVED
+-- with a lease, so that commit, release and the lease sweep treat it like any claimed pair.
+INSERT INTO token_pool (pool, internal_token, external_ref, status, batch_id, reservation_id,
+                        reserved_at, lease_expires_at)
+VALUES (%(pool)s, %(internal_token)s, %(external_ref)s, 'RESERVED', %(batch_id)s, gen_random_uuid(),
+        now(), now() + make_interval(secs => %(lease_seconds)s))
+RETURNING reservation_id, pool, internal_token, external_ref, lease_expires_at;
+
+-- idempotency_claim --
+-- Take an Idempotency-Key for a card about to be created. When another transaction holds the same key
+-- uncommitted, this waits on the primary key until it ends (bounded by statement_timeout), then
+-- inserts nothing if it committed: the caller then reads the existing card (idempotency_get).
+INSERT INTO idempotency_keys (api_key_id, idempotency_key, request_hash, card_id)
+VALUES (%(api_key_id)s, %(idempotency_key)s, %(request_hash)s, %(card_id)s)
+ON CONFLICT (api_key_id, idempotency_key) DO NOTHING
+RETURNING card_id;
+
+-- idempotency_get --
+-- The card an Idempotency-Key already created, with the fingerprint of the request that created it.
+SELECT k.request_hash, c.card_id, c.program, c.customer_ref, c.internal_token, c.external_ref,
+       c.token_source, c.created_at
+FROM idempotency_keys k
+JOIN cards c ON c.card_id = k.card_id
+WHERE k.api_key_id = %(api_key_id)s AND k.idempotency_key = %(idempotency_key)s;
+
+-- detokenize_local --
+-- Detokenize from the database in one round trip: the pool (every pair it ever held, incl. pairs
+-- fetched from TOME for cards) and the pairs learned from TOME NS2 earlier.
+SELECT external_ref, internal_token FROM token_pool WHERE external_ref = ANY(%(external_refs)s)
+UNION ALL
+SELECT external_ref, internal_token FROM learned_pairs WHERE external_ref = ANY(%(external_refs)s);
+
+-- learned_pairs_insert --
+-- Remember pairs that TOME NS2 answered, so the next detokenize of these refs stays local.
+INSERT INTO learned_pairs (external_ref, internal_token)
+SELECT * FROM unnest(%(external_refs)s::text[], %(internal_tokens)s::text[])
+ON CONFLICT (external_ref) DO NOTHING;
+
+-- detokenize_audit_insert --
+-- One audit row per detokenize request; references as SHA-256 hex digests only.
+INSERT INTO detokenize_audit (api_key_name, correlation_id, client_addr, outcome, ref_count,
+                              from_db, from_tome, unresolved, ref_hashes)
+VALUES (%(api_key_name)s, %(correlation_id)s, %(client_addr)s, %(outcome)s, %(ref_count)s,
+        %(from_db)s, %(from_tome)s, %(unresolved)s, %(ref_hashes)s);
+
+-- api_key_insert --
+-- A new API key (its SHA-256 only).
+INSERT INTO api_keys (name, key_hash, scopes)
+VALUES (%(name)s, %(key_hash)s, %(scopes)s)
+RETURNING api_key_id, name, scopes, created_at;
+
+-- api_key_revoke --
+-- Revoke a key by name; the row stays for the audit trail.
+UPDATE api_keys SET revoked_at = now()
+WHERE name = %(name)s AND revoked_at IS NULL
+RETURNING api_key_id;
+
+-- api_key_by_hash --
+-- Authenticate a request: the live key with this hash, if any.
+SELECT api_key_id, name, scopes
+FROM api_keys
+WHERE key_hash = %(key_hash)s AND revoked_at IS NULL;
+
+-- api_key_list --
+-- Every key, live or revoked, without secrets.
+SELECT name, scopes, created_at, revoked_at FROM api_keys ORDER BY name;
+
+-- runtime_config_get --
+-- Every runtime setting (a handful of rows).
+SELECT key, value FROM runtime_config;
+
+-- runtime_config_set --
+-- Set one runtime setting; every instance picks it up within its cache TTL.
+INSERT INTO runtime_config (key, value) VALUES (%(key)s, %(value)s)
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now();
+
+-- runtime_config_unset --
+-- Remove a runtime setting; instances fall back to their environment default.
+DELETE FROM runtime_config WHERE key = %(key)s;
+
+-- ===== refill (issue 4: lease, batch journal, runs, consumption samples, alert state) =====
+
+-- refill_lease_acquire --
+-- Take the pool's refill lease if it is free, lapsed, or already ours; returns a row only on success.
+-- Why a row and not pg_advisory_lock: CockroachDB has no advisory locks, and a row with an expiry also
+-- frees itself when its holder dies without a goodbye (SIGKILL, a frozen Lambda).
+INSERT INTO refill_leases AS l (pool, holder, acquired_at, expires_at)
+VALUES (%(pool)s, %(holder)s, now(), now() + make_interval(secs => %(ttl_s)s))
+ON CONFLICT (pool) DO UPDATE
+SET holder = EXCLUDED.holder, acquired_at = EXCLUDED.acquired_at, expires_at = EXCLUDED.expires_at
+WHERE l.expires_at <= now() OR l.holder = EXCLUDED.holder
+RETURNING holder, expires_at;
+
+-- refill_lease_get --
+-- Who holds the pool's refill lease, and until when (for the "lease held by ..." message).
+SELECT holder, expires_at, expires_at <= now() AS lapsed FROM refill_leases WHERE pool = %(pool)s;
+
+-- refill_lease_renew --
+-- Heartbeat, and the fence of every batch load: extend the lease only while we still hold it.
+-- Why no `expires_at > now()` here: a holder that overslept its expiry but was not replaced still owns
+-- the row (acquire would have changed holder), so extending it is safe and avoids a needless abort.
+UPDATE refill_leases
+SET expires_at = now() + make_interval(secs => %(ttl_s)s)
+WHERE pool = %(pool)s AND holder = %(holder)s
+RETURNING expires_at;
+
+-- refill_lease_release --
+-- Give the lease back at the end of a run (only if still ours).
+DELETE FROM refill_leases WHERE pool = %(pool)s AND holder = %(holder)s;
+
+-- refill_run_start --
+-- Record a run as it starts (outcome 'running' until refill_run_finish).
+INSERT INTO refill_runs (run_id, pool, trigger, holder, outcome, finished_at, error)
+VALUES (%(run_id)s, %(pool)s, %(trigger)s, %(holder)s, %(outcome)s,
+        CASE WHEN %(outcome)s = 'running' THEN NULL ELSE now() END, %(error)s);
+
+-- refill_run_finish --
+-- Record how a run ended.
+UPDATE refill_runs
+SET finished_at = now(), target = %(target)s, requested = %(requested)s, recovered = %(recovered)s,
+    added = %(added)s, tome_requests = %(tome_requests)s, outcome = %(outcome)s, error = %(error)s
+WHERE run_id = %(run_id)s;
+
+-- refill_runs_recent --
+-- The latest runs of a pool, newest first.
+SELECT run_id, pool, trigger, holder, started_at, finished_at, target, requested, recovered, added,
+       tome_requests, outcome, error
+FROM refill_runs
+WHERE pool = %(pool)s
+ORDER BY started_at DESC
+LIMIT %(limit)s;
+
+-- refill_batch_intent --
+-- Journal a batch BEFORE asking TOME to issue it; batch_id becomes the issue's Idempotency-Key.
+INSERT INTO refill_batches (batch_id, pool, count, run_id) VALUES (%(batch_id)s, %(pool)s, %(count)s, %(run_id)s);
+
+-- refill_batches_unfinished --
+-- Batches an earlier run left behind (crash, timeout, failure): finished first, oldest first.
+SELECT batch_id, count, state, created_at
+FROM refill_batches
+WHERE pool = %(pool)s AND state <> 'done'
+ORDER BY created_at;
+
+-- refill_pending_tokens_insert --
+-- Record the tokens TOME issued for a batch before tokenizing them. A replayed issue (same key) gives
+-- the same tokens in the same order, so a second insert of the same batch changes nothing.
+INSERT INTO refill_pending_tokens (batch_id, position, internal_token)
+SELECT %(batch_id)s, t.position, t.internal_token
+FROM unnest(%(internal_tokens)s::text[]) WITH ORDINALITY AS t(internal_token, position)
+ON CONFLICT (batch_id, position) DO NOTHING;
+
+-- refill_batch_mark_issued --
+-- intent -> issued, in the transaction that recorded the batch's tokens.
+UPDATE refill_batches SET state = 'issued', issued_at = now()
+WHERE batch_id = %(batch_id)s AND state = 'intent';
+
+-- refill_pending_tokens_get --
+-- A batch's issued tokens, in TOME's order.
+SELECT internal_token FROM refill_pending_tokens WHERE batch_id = %(batch_id)s ORDER BY position;
+
+-- refill_pending_tokens_delete --
+-- The batch's pairs are in token_pool (same transaction): its pending tokens are no longer needed.
+DELETE FROM refill_pending_tokens WHERE batch_id = %(batch_id)s;
+
+-- refill_batch_mark_done --
+-- issued -> done, in the transaction that loaded the batch's pairs.
+UPDATE refill_batches SET state = 'done', done_at = now(), done_by = %(run_id)s, added = %(added)s
+WHERE batch_id = %(batch_id)s AND state <> 'done';
+
+-- pool_sample_insert --
+-- A consumption sample for the forecast, at most one per pool per min_interval_s (keeps the table a few
+-- rows per hour however often health is checked).
+INSERT INTO pool_level_samples (pool, consumed, available)
+SELECT %(pool)s, %(consumed)s, %(available)s
+WHERE NOT EXISTS (
+    SELECT 1 FROM pool_level_samples
+    WHERE pool = %(pool)s AND sampled_at > now() - make_interval(secs => %(min_interval_s)s)
+)
+ON CONFLICT DO NOTHING;
+
+-- pool_sample_span --
+-- The oldest and newest consumption samples inside the window: the consumption rate between them.
+-- Two index probes on the primary key, whatever the number of samples.
+SELECT first.consumed, last.consumed, extract(epoch FROM last.sampled_at - first.sampled_at)::float8
+FROM (SELECT consumed, sampled_at FROM pool_level_samples
+      WHERE pool = %(pool)s AND sampled_at >= now() - make_interval(secs => %(window_s)s)
+      ORDER BY sampled_at LIMIT 1) AS first,
+     (SELECT consumed, sampled_at FROM pool_level_samples
+      WHERE pool = %(pool)s
+      ORDER BY sampled_at DESC LIMIT 1) AS last;
+
+-- pool_samples_prune --
+-- Samples older than the retention are of no use to any forecast.
+DELETE FROM pool_level_samples WHERE pool = %(pool)s AND sampled_at < now() - make_interval(secs => %(keep_s)s);
+
+-- pool_alert_transition --
+-- Record the pool's health state; returns a row (with the previous state, NULL for a first check)
+-- only when the state changed, so exactly one of several concurrent checkers sends the alert.
+-- Why the CTE: it reads the previous state in the statement's snapshot, before the upsert changes it.
+WITH previous AS (SELECT status FROM pool_alert_state WHERE pool = %(pool)s)
+INSERT INTO pool_alert_state AS s (pool, status) VALUES (%(pool)s, %(status)s)
+ON CONFLICT (pool) DO UPDATE SET status = EXCLUDED.status, changed_at = now()
+WHERE s.status <> EXCLUDED.status
+RETURNING (SELECT status FROM previous) AS previous_status;

@@ -14,7 +14,7 @@ from rich.table import Table
 from tokenpool import bootstrap
 from tokenpool.db import migrate
 from tokenpool.db.embedded import stop_embedded
-from tokenpool.entrypoints import cli_service, tome_emulator_cli
+from tokenpool.entrypoints import cli_refill, cli_service, tome_emulator_cli
 from tokenpool.pool import PoolStats
 from tokenpool.pool.synthetic import synthetic_pairs
 from tokenpool.settings import Settings, get_settings
@@ -26,6 +26,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(pool_app, name="pool")
 tome_emulator_cli.register(app)
 cli_service.register(app)
+cli_refill.register(app)
 
 console = Console()
 err_console = Console(stderr=True)

@@ -1,0 +1,178 @@
+"""``tokenpool refill``, ``tokenpool health`` and ``tokenpool worker``.
+
+Wire into the main CLI with ``from tokenpool.entrypoints.cli_refill import register; register(app)``.
+Also runnable alone: ``python -m tokenpool.entrypoints.cli_refill refill --pool P``.
+
+Exit codes (docs/refill.md):
+
+* ``refill``: 0 succeeded · 1 failed (reason printed and in refill_runs.error) · 2 usage error ·
+  3 another run holds the pool's lease (its holder is printed) · 4 interrupted (stopped or lease
+  lost; nothing half-done, the next run finishes the journaled batches);
+* ``health``: 0 OK · 1 LOW · 2 CRITICAL or EMPTY · 3 the health could not be checked;
+* ``worker``: 0 after a clean stop (SIGTERM or Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+from tokenpool.refill.model import Outcome, RefillResult
+from tokenpool.settings import Settings, get_settings
+
+if TYPE_CHECKING:  # imported when used: keeps `tokenpool --help` fast
+    from tokenpool.refill.health import PoolHealth
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_LEASE_HELD = 3
+EXIT_INTERRUPTED = 4
+EXIT_HEALTH_UNKNOWN = 3
+
+console = Console()
+err_console = Console(stderr=True)
+
+PoolOption = Annotated[str | None, typer.Option("--pool", help="Pool (card program); default from settings.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``refill``, ``health`` and ``worker`` to ``app``."""
+    app.command("refill")(refill)
+    app.command("health")(health)
+    app.command("worker")(worker)
+
+
+def refill(
+    pool: PoolOption = None,
+    count: Annotated[
+        int | None, typer.Option("--count", min=1, help="Add exactly N pairs instead of filling up to the target.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """One refill run: finish journaled batches, then fill the pool up to its target (or add --count N).
+
+    Exit: 0 ok, 1 failed, 3 lease held by another run, 4 interrupted (safe to run again)."""
+    settings = get_settings()
+    name = pool or settings.default_pool
+    show_progress = sys.stdout.isatty() and not as_json
+    result = asyncio.run(_refill(settings, name, count, show_progress))
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), default=str))
+    else:
+        line = (f"pool {name!r}: {result.outcome.value}, added {result.added:,} pairs"
+                f" (recovered {result.recovered:,}) in {result.duration_s:.1f} s;"
+                f" target {result.target if result.target is not None else '-'}, {result.tome_requests} TOME requests")
+        if result.error:
+            line += f"; {result.error}"
+        (console if result.outcome is Outcome.SUCCEEDED else err_console).print(line, highlight=False)
+    raise typer.Exit(_refill_exit_code(result.outcome))
+
+
+def _refill_exit_code(outcome: Outcome) -> int:
+    codes = {
+        Outcome.SUCCEEDED: EXIT_OK,
+        Outcome.SKIPPED_LEASE_HELD: EXIT_LEASE_HELD,
+        Outcome.STOPPED: EXIT_INTERRUPTED,
+        Outcome.LEASE_LOST: EXIT_INTERRUPTED,
+    }
+    return codes.get(outcome, EXIT_FAILED)
+
+
+async def _refill(settings: Settings, pool: str, count: int | None, show_progress: bool) -> RefillResult:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tokenpool import bootstrap
+    from tokenpool.refill.job import refill_pool
+    from tokenpool.refill.model import Trigger
+
+    async with bootstrap.open_refill(settings) as deps:
+        if not show_progress:
+            return await refill_pool(deps, pool, count=count, trigger=Trigger.CLI)
+        with Progress(TextColumn(f"refill {pool}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:
+            task = bar.add_task("pairs", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            return await refill_pool(deps, pool, count=count, trigger=Trigger.CLI, progress=progress)
+
+
+def health(
+    pool: PoolOption = None,
+    as_json: JsonOption = False,
+    alert: Annotated[bool, typer.Option("--alert/--no-alert", help="Send an alert if the state changed.")] = True,
+) -> None:
+    """Pool health from the cheap counters: status, counts, consumption rate, hours left.
+
+    Exit: 0 OK, 1 LOW, 2 CRITICAL or EMPTY, 3 could not check."""
+    settings = get_settings()
+    name = pool or settings.default_pool
+    try:
+        report = asyncio.run(_health(settings, name, alert))
+    except Exception as exc:
+        err_console.print(f"[red]health of pool {name!r} could not be checked:[/] {type(exc).__name__}: {exc}")
+        raise typer.Exit(EXIT_HEALTH_UNKNOWN) from None
+    if as_json:
+        typer.echo(json.dumps(report.as_dict()))
+    else:
+        left = "unbounded" if report.hours_left is None else f"{report.hours_left:.1f} h"
+        rate = "-" if report.consumption_per_hour is None else f"{report.consumption_per_hour:,.0f}/h"
+        console.print(f"pool {name!r}: {report.status.value} - {report.available:,} available of target"
+                      f" {report.target:,}; consumption {rate}; {left} left", highlight=False)
+    raise typer.Exit(report.status.exit_code)
+
+
+async def _health(settings: Settings, pool: str, alert: bool) -> PoolHealth:
+    from tokenpool import bootstrap
+    from tokenpool.refill.alerts import Alerter
+    from tokenpool.refill.health import check_pool_health
+    from tokenpool.refill.journal import RefillJournal
+
+    async with bootstrap.open_database(settings, max_size=2) as db:
+        report = await check_pool_health(db.store, RefillJournal(db.pool), settings, pool)
+        if alert:
+            alerter = Alerter(settings)
+            try:
+                await alerter.on_health(db.pool, report)
+            finally:
+                await alerter.aclose()
+        return report
+
+
+def worker(
+    pool: Annotated[
+        list[str] | None, typer.Option("--pool", help="Pool to keep filled (repeatable); default: settings.")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Prometheus port (0: none); default: settings.")
+    ] = None,
+) -> None:
+    """Long-running: scheduled and low-watermark refills, health alerts, the lease janitor, Prometheus
+    metrics. Stops cleanly on SIGTERM / Ctrl-C."""
+    from tokenpool.entrypoints.worker import run_worker
+
+    settings = get_settings()
+    pools = pool or settings.worker_pools or [settings.default_pool]
+    port = settings.worker_metrics_port if metrics_port is None else metrics_port
+    raise typer.Exit(run_worker(settings, pools, port))
+
+
+def main() -> None:
+    from tokenpool.observability.logging import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    app = typer.Typer(help="tokenpool refill job", no_args_is_help=True)
+    register(app)
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""AWS Lambda handler for an EventBridge schedule: ``tokenpool.entrypoints.lambda_refill.handler``.
+
+Why a module-level event loop: psycopg's async pool and httpx's client are bound to the loop that
+created them. ``asyncio.run`` makes a new loop per call, which would force a new database connection
+and TOME connection pool on every invocation. One loop per container, kept across warm invocations
+(Lambda freezes the process between them), lets the pool and the client be reused; the pool checks
+each connection before handing it out, since a frozen container's connection may have been dropped.
+
+The event: the EventBridge scheduled event (``detail`` is ``{}``); a rule with a constant input may
+pass ``{"pool": "...", "count": N}`` at the top level or in ``detail``. Logs are JSON lines on
+stderr; metrics are EMF lines on stdout (CloudWatch Logs turns them into metrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+
+from tokenpool import bootstrap
+from tokenpool.aws.emf import emit
+from tokenpool.observability.logging import configure_logging, get_logger
+from tokenpool.pool.model import PairStatus
+from tokenpool.refill.job import RefillDeps, refill_pool
+from tokenpool.refill.model import Trigger
+from tokenpool.refill.reporting import emf_documents
+from tokenpool.settings import Settings, get_settings
+from tokenpool.tome.client import TomeClient
+
+log = get_logger(__name__)
+
+# Stop starting new batches this long before Lambda's own timeout, so the run ends recorded and
+# its lease released instead of being frozen mid-batch (which is safe, but leaves the lease to lapse).
+DEADLINE_MARGIN_S = 10.0
+
+_loop: asyncio.AbstractEventLoop | None = None
+_resources: tuple[RefillDeps, TomeClient] | None = None
+_logging_configured = False
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    global _logging_configured
+    settings = get_settings()
+    if not _logging_configured:
+        configure_logging(settings.log_level, json=True)
+        _logging_configured = True
+    request_id = str(getattr(context, "aws_request_id", "") or "")
+    structlog.contextvars.clear_contextvars()
+    # The request id as the correlation id: it is what CloudWatch shows for the invocation.
+    structlog.contextvars.bind_contextvars(correlation_id=request_id or None)
+    raw_detail = event.get("detail")
+    detail: dict[str, Any] = raw_detail if isinstance(raw_detail, dict) else {}
+    pool = str(event.get("pool") or detail.get("pool") or settings.default_pool)
+    raw_count = event.get("count", detail.get("count"))
+    count = int(raw_count) if raw_count is not None else None
+    log.info("lambda.invoked", pool=pool, count=count, source=event.get("source"),
+             detail_type=event.get("detail-type"), scheduled_at=event.get("time"), resources=event.get("resources"))
+
+    loop = _event_loop()
+    deps = loop.run_until_complete(_deps(settings))
+    stop = asyncio.Event()
+    remaining_ms = _remaining_ms(context)
+    timer = None
+    if remaining_ms is not None:
+        timer = loop.call_later(max(0.0, remaining_ms / 1000 - DEADLINE_MARGIN_S), stop.set)
+    try:
+        result = loop.run_until_complete(refill_pool(deps, pool, count=count, trigger=Trigger.LAMBDA, stop=stop))
+    finally:
+        if timer is not None:
+            timer.cancel()
+    counts = loop.run_until_complete(_counts(deps, pool))
+    emit(settings.emf_namespace, emf_documents(result, counts))
+    return result.as_dict()
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    global _loop
+    if _loop is None or _loop.is_closed():
+        _loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(_loop)
+    return _loop
+
+
+async def _deps(settings: Settings) -> RefillDeps:
+    global _resources
+    if _resources is None:
+        _resources = await bootstrap.open_refill_for_lambda(settings)
+        log.info("lambda.cold_start_resources_opened")
+    return _resources[0]
+
+
+async def _counts(deps: RefillDeps, pool: str) -> dict[str, int] | None:
+    try:
+        stats = await deps.store.stats(pool)
+    except Exception as exc:
+        log.warning("lambda.stats_failed", pool=pool, error=str(exc))
+        return None
+    return {status.value.lower(): stats.count(status) for status in PairStatus}
+
+
+def _remaining_ms(context: Any) -> float | None:
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return float(remaining()) if callable(remaining) else None
+
+
+async def close_resources() -> None:
+    """Closes the cached pool and client (tests; Lambda simply discards the container)."""
+    global _resources
+    if _resources is not None:
+        deps, client = _resources
+        _resources = None
+        await client.aclose()
+        await deps.db.close()

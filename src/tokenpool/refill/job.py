@@ -1,0 +1,259 @@
+"""``refill_pool``: the one refill routine behind the CLI, the Lambda handler and the worker.
+
+A run: take the pool's lease (or report who holds it) -> finish every batch an earlier run left
+unfinished -> decide how many pairs to add (target = max(configured, forecast), or exactly --count)
+-> issue, record, tokenize and load them batch by batch, within the TOME budget -> record the run.
+Crash safety comes from the batch journal (journal.py); see docs/refill.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from uuid import UUID
+
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
+from psycopg_pool import AsyncConnectionPool
+
+from tokenpool.db.pool_store import PostgresTokenPool
+from tokenpool.observability.logging import get_logger
+from tokenpool.observability.masking import mask_text
+from tokenpool.observability.metrics import (
+    POOL_PAIRS,
+    REFILL_DURATION,
+    REFILL_PAIRS_ADDED,
+    REFILL_RUNS,
+    REFILL_TOME_REQUESTS,
+)
+from tokenpool.pool.model import PairStatus, TokenPair
+from tokenpool.refill.budget import BudgetedTome, TomeBudget
+from tokenpool.refill.consumption import observe
+from tokenpool.refill.journal import RefillJournal, UnfinishedBatch
+from tokenpool.refill.lease import RefillLease, new_holder_id
+from tokenpool.refill.model import LeaseHeld, LeaseLost, Outcome, RefillPlan, RefillResult, Trigger
+from tokenpool.refill.plan import batch_sizes, forecast, pairs_to_add
+from tokenpool.refill.ports import RefillTome
+from tokenpool.settings import Settings
+
+log = get_logger(__name__)
+
+Conn = AsyncConnection[TupleRow]
+Progress = Callable[[int, int], None]
+"""``progress(pairs_loaded_so_far, pairs_planned)``, called after each batch."""
+
+
+@dataclass(frozen=True, slots=True)
+class RefillDeps:
+    settings: Settings
+    db: AsyncConnectionPool[Conn]
+    store: PostgresTokenPool
+    tome: RefillTome
+
+
+async def refill_pool(
+    deps: RefillDeps,
+    pool: str,
+    *,
+    count: int | None = None,
+    trigger: Trigger = Trigger.CLI,
+    stop: asyncio.Event | None = None,
+    progress: Progress | None = None,
+) -> RefillResult:
+    """One refill run of ``pool``. Never raises for a failed run: the result says how it ended
+    (a cancellation, e.g. the worker's shutdown, is recorded as ``stopped`` and re-raised)."""
+    run = _Run(deps, pool, count, trigger, stop or asyncio.Event(), progress)
+    return await run.execute()
+
+
+class _Run:
+    def __init__(self, deps: RefillDeps, pool: str, count: int | None, trigger: Trigger,
+                 stop: asyncio.Event, progress: Progress | None) -> None:
+        self.deps = deps
+        self.settings = deps.settings
+        self.pool = pool
+        self.explicit_count = count
+        self.trigger = trigger
+        self.stop = stop
+        self.progress = progress
+        self.journal = RefillJournal(deps.db)
+        self.budget = TomeBudget(self.settings.refill_tome_max_rps, self.settings.refill_tome_max_in_flight)
+        self.tome = BudgetedTome(deps.tome, self.budget)
+        self.result = RefillResult(run_id=uuid.uuid4(), pool=pool, outcome=Outcome.RUNNING)
+        self.lease = RefillLease(deps.db, pool, new_holder_id(), self.settings.refill_lease_ttl_s)
+        self.batch_size = min(self.settings.refill_batch_size, self.settings.tome_batch_size)
+        self._loaded = 0
+        self._planned = 0
+
+    async def execute(self) -> RefillResult:
+        started = time.monotonic()
+        requests_before = self.deps.tome.requests_made
+        log.info("refill.run_started", pool=self.pool, run_id=str(self.result.run_id), trigger=self.trigger.value,
+                 holder=self.lease.holder, count=self.explicit_count)
+        try:
+            async with self.lease.held():
+                await self.journal.start_run(self.result.run_id, self.pool, self.trigger.value, self.lease.holder)
+                try:
+                    await self._work()
+                except asyncio.CancelledError:
+                    self.result.outcome = Outcome.STOPPED
+                    self.result.error = "cancelled (shutdown) while batches were in flight; the next run finishes them"
+                    raise
+                except LeaseLost as exc:
+                    self.result.outcome, self.result.error = Outcome.LEASE_LOST, str(exc)
+                except Exception as exc:
+                    self.result.outcome, self.result.error = Outcome.FAILED, _reason(exc)
+                    log.error("refill.run_failed", pool=self.pool, run_id=str(self.result.run_id),
+                              error=self.result.error)
+                finally:
+                    self.result.tome_requests = self.deps.tome.requests_made - requests_before
+                    self.result.duration_s = time.monotonic() - started
+                    await asyncio.shield(self._record())
+        except LeaseHeld as exc:
+            self.result.outcome, self.result.error, self.result.lease_holder = (
+                Outcome.SKIPPED_LEASE_HELD, str(exc), exc.holder)
+            self.result.duration_s = time.monotonic() - started
+            try:
+                await self.journal.start_run(self.result.run_id, self.pool, self.trigger.value, self.lease.holder,
+                                             Outcome.SKIPPED_LEASE_HELD, str(exc))
+            except Exception as record_error:
+                log.warning("refill.run_record_failed", pool=self.pool, error=_reason(record_error))
+            self._metrics()
+        except Exception as exc:
+            # The database failed before the run could start (lease or run row): nothing was done, and
+            # nothing can be recorded there; the result, the log and the metrics still say why.
+            self.result.outcome, self.result.error = Outcome.FAILED, _reason(exc)
+            self.result.duration_s = time.monotonic() - started
+            log.error("refill.run_failed", pool=self.pool, run_id=str(self.result.run_id), error=self.result.error)
+            self._metrics()
+        log.info("refill.run_finished", **self.result.as_dict())
+        return self.result
+
+    async def _work(self) -> None:
+        # 1. Whatever an earlier run left unfinished comes first (it may be most of what we need).
+        for batch in await self.journal.unfinished(self.pool):
+            self.result.recovered += await self._finish_unfinished(batch)
+        self.result.added = self.result.recovered
+
+        # 2. How many to add now.
+        plan = await self._plan()
+        self.result.plan, self.result.target, self.result.requested = plan, plan.target, plan.count
+        self._planned = plan.count
+        log.info("refill.plan", pool=self.pool, run_id=str(self.result.run_id), available=plan.available,
+                 target=plan.target, forecast=plan.forecast, count=plan.count,
+                 consumption_per_hour=plan.consumption_per_hour)
+
+        # 3. New batches, a few at a time (more in flight than the TOME budget allows would only queue).
+        sizes = batch_sizes(plan.count, self.batch_size)
+        window = asyncio.Semaphore(self.settings.refill_tome_max_in_flight)
+
+        async def one(size: int) -> None:
+            async with window:
+                if self.stop.is_set() or self.lease.lost.is_set():
+                    return
+                await self._new_batch(size)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for size in sizes:
+                    group.create_task(one(size))
+        except BaseExceptionGroup as errors:
+            # The first failure ends the run (the other batches were cancelled and stay journaled);
+            # re-raised bare so that LeaseLost and TOME errors read as themselves.
+            raise _first_error(errors) from None
+        if self.lease.lost.is_set():
+            raise LeaseLost(self.pool, self.lease.holder)
+        loaded_new = self.result.added - self.result.recovered
+        if loaded_new < plan.count and self.stop.is_set():
+            self.result.outcome = Outcome.STOPPED
+            self.result.error = f"stop requested after {loaded_new} of {plan.count} pairs"
+        else:
+            self.result.outcome = Outcome.SUCCEEDED
+
+    async def _plan(self) -> RefillPlan:
+        observation = await observe(self.deps.store, self.journal, self.settings, self.pool)
+        await self.journal.prune_samples(self.pool, self.settings.refill_sample_keep_s)
+        rate = observation.consumption_per_hour
+        expected = forecast(rate, self.settings.refill_interval_s, self.settings.refill_safety_factor)
+        available = observation.stats.available
+        target = max(self.settings.refill_target, expected)
+        explicit = self.explicit_count is not None
+        count = self.explicit_count if self.explicit_count is not None else pairs_to_add(available, target)
+        return RefillPlan(available, self.settings.refill_target, expected, rate, count, explicit)
+
+    async def _new_batch(self, size: int) -> None:
+        batch_id = uuid.uuid4()
+        await self.journal.record_intent(batch_id, self.pool, size, self.result.run_id)
+        log.info("refill.batch_intent", pool=self.pool, batch_id=str(batch_id), count=size)
+        tokens = await self._issue(batch_id, size)
+        await self._tokenize_and_load(batch_id, tokens)
+
+    async def _finish_unfinished(self, batch: UnfinishedBatch) -> int:
+        log.info("refill.batch_recovering", pool=self.pool, batch_id=str(batch.batch_id), state=batch.state,
+                 count=batch.count)
+        if batch.state == "intent":
+            age_s = (datetime.now(UTC) - batch.created_at).total_seconds()
+            if age_s > self.settings.refill_idempotency_retention_s:
+                # TOME may have forgotten the key: a replay would then issue NEW tokens, and any it
+                # issued the first time are lost to us (never loaded, never handed out: no harm to
+                # cards, but the ledger will show them unmatched).
+                log.warning("refill.intent_older_than_idempotency_retention", pool=self.pool,
+                            batch_id=str(batch.batch_id), age_s=round(age_s))
+            tokens = await self._issue(batch.batch_id, batch.count)
+        else:
+            tokens = await self.journal.pending_tokens(batch.batch_id)
+        return await self._tokenize_and_load(batch.batch_id, tokens)
+
+    async def _issue(self, batch_id: UUID, size: int) -> list[str]:
+        tokens = await self.tome.issue(self.settings.tome_ns1, size, idempotency_key=str(batch_id))
+        await self.journal.record_issued(batch_id, tokens)
+        log.info("refill.batch_issued", pool=self.pool, batch_id=str(batch_id), count=len(tokens))
+        return tokens
+
+    async def _tokenize_and_load(self, batch_id: UUID, tokens: list[str]) -> int:
+        refs = await self.tome.tokenize(self.settings.tome_ns2, tokens)
+        pairs = [TokenPair(token, ref) for token, ref in zip(tokens, refs, strict=True)]
+        added = await self.journal.load_batch(self.pool, batch_id, self.result.run_id, pairs, self.lease.renew)
+        self.result.added += added
+        self._loaded += len(pairs)
+        log.info("refill.batch_loaded", pool=self.pool, batch_id=str(batch_id), added=added)
+        if self.progress is not None:
+            self.progress(self._loaded, max(self._planned, self._loaded))
+        return added
+
+    async def _record(self) -> None:
+        try:
+            await self.journal.finish_run(self.result)
+        except Exception as exc:  # the run's outcome is still returned and logged
+            log.error("refill.run_record_failed", pool=self.pool, run_id=str(self.result.run_id), error=str(exc))
+        self._metrics()
+        try:
+            stats = await self.deps.store.stats(self.pool)
+            for status in PairStatus:
+                POOL_PAIRS.labels(self.pool, status.value.lower()).set(stats.count(status))
+        except Exception as exc:
+            log.warning("refill.stats_failed", pool=self.pool, error=str(exc))
+
+    def _metrics(self) -> None:
+        REFILL_RUNS.labels(self.pool, self.result.outcome.value).inc()
+        REFILL_DURATION.labels(self.pool).observe(self.result.duration_s)
+        REFILL_PAIRS_ADDED.labels(self.pool).inc(self.result.added)
+        REFILL_TOME_REQUESTS.labels(self.pool).inc(self.result.tome_requests)
+
+
+def _first_error(errors: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = errors
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _reason(exc: BaseException) -> str:
+    """A clear, masked one-line reason for refill_runs.error and the logs."""
+    reason = getattr(exc, "reason", None)
+    detail = f"{type(exc).__name__}: {exc}" + (f" (reason: {reason})" if reason else "")
+    return mask_text(detail)

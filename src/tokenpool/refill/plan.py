@@ -1,0 +1,45 @@
+"""How many pairs to add: the target, the consumption forecast, the batches. Pure functions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class SampleSpan:
+    """Oldest and newest consumption samples in the forecast window."""
+
+    first_consumed: int
+    last_consumed: int
+    seconds: float
+
+
+def consumption_per_hour(span: SampleSpan | None, *, min_span_s: float = 1.0) -> float | None:
+    """Pairs consumed per hour between the two samples; None when they are too close to tell.
+
+    ``consumed`` (reserved + used + expired) can step back when a reservation is released; a
+    negative difference is read as no consumption, never as a negative rate.
+    """
+    if span is None or span.seconds < min_span_s:
+        return None
+    return max(0, span.last_consumed - span.first_consumed) * 3600.0 / span.seconds
+
+
+def forecast(rate_per_hour: float | None, interval_s: float, safety_factor: float) -> int:
+    """Pairs expected to go before the next scheduled refill, with headroom."""
+    if not rate_per_hour:
+        return 0
+    return math.ceil(rate_per_hour * interval_s / 3600.0 * safety_factor)
+
+
+def pairs_to_add(available: int, target: int) -> int:
+    return max(0, target - available)
+
+
+def batch_sizes(count: int, batch_size: int) -> list[int]:
+    """``count`` split into batches of at most ``batch_size`` (the last one smaller)."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    full, rest = divmod(max(0, count), batch_size)
+    return [batch_size] * full + ([rest] if rest else [])

@@ -1,0 +1,29 @@
+"""A run's figures as CloudWatch EMF documents, under the same names as the Prometheus metrics."""
+
+from __future__ import annotations
+
+from tokenpool.aws.emf import Metric, MetricDocument
+from tokenpool.refill.model import RefillResult
+
+
+def emf_documents(result: RefillResult, pool_counts: dict[str, int] | None) -> list[MetricDocument]:
+    """One document per dimension set: EMF applies a document's dimensions to all of its metrics."""
+    props = {"run_id": str(result.run_id), "outcome": result.outcome.value}
+    documents = [
+        MetricDocument(
+            {"pool": result.pool},
+            [
+                Metric("tokenpool_refill_pairs_added", result.added),
+                Metric("tokenpool_refill_tome_requests", result.tome_requests),
+                Metric("tokenpool_refill_duration_seconds", round(result.duration_s, 3), "Seconds"),
+            ],
+            props,
+        ),
+        MetricDocument({"pool": result.pool, "outcome": result.outcome.value},
+                       [Metric("tokenpool_refill_runs", 1)], props),
+    ]
+    for status, count in (pool_counts or {}).items():
+        documents.append(
+            MetricDocument({"pool": result.pool, "status": status}, [Metric("tokenpool_pool_pairs", count)])
+        )
+    return documents

@@ -1,0 +1,104 @@
+"""The long-running refill worker: scheduled refills, low-watermark refills, health alerts and the
+reservation lease janitor, until asked to stop.
+
+Low watermark by short poll, not LISTEN/NOTIFY: the poll reads the trigger-kept counters (a few dozen
+rows) every ``worker_poll_s``, costs nothing measurable, needs no change on the claim path and works
+on CockroachDB, which has no LISTEN/NOTIFY. Its delay (one poll interval) is small against the hours
+a pool lasts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from tokenpool.observability.logging import get_logger
+from tokenpool.observability.metrics import POOL_LEASES_EXPIRED
+from tokenpool.refill.alerts import Alerter
+from tokenpool.refill.health import check_pool_health
+from tokenpool.refill.job import RefillDeps, refill_pool
+from tokenpool.refill.journal import RefillJournal
+from tokenpool.refill.model import Outcome, Trigger
+
+log = get_logger(__name__)
+
+_FIRST_RETRY_S = 5.0
+
+
+class RefillWorker:
+    def __init__(self, deps: RefillDeps, pools: list[str], *, alerter: Alerter | None = None,
+                 stop: asyncio.Event | None = None) -> None:
+        self.deps = deps
+        self.settings = deps.settings
+        self.pools = pools
+        self.alerter = alerter
+        self.stop = stop or asyncio.Event()
+        self.journal = RefillJournal(deps.db)
+        now = time.monotonic()
+        self._next_scheduled = dict.fromkeys(pools, now)  # a starting worker refills at once
+        self._not_before = dict.fromkeys(pools, now)  # backoff after a failed run
+        self._failures = dict.fromkeys(pools, 0)
+        self.runs: list[tuple[str, Trigger, Outcome]] = []  # for observability and tests
+
+    async def run(self) -> None:
+        """Returns once ``stop`` is set and the current refill (if any) has finished its batches."""
+        log.info("worker.started", pools=self.pools, interval_s=self.settings.refill_interval_s,
+                 poll_s=self.settings.worker_poll_s)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._janitor())
+            group.create_task(self._refiller())
+        log.info("worker.stopped")
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), timeout=seconds)
+
+    async def _janitor(self) -> None:
+        while not self.stop.is_set():
+            try:
+                expired = await self.deps.store.expire_leases()
+                if expired:
+                    POOL_LEASES_EXPIRED.inc(expired)
+                    log.info("worker.leases_expired", count=expired)
+            except Exception as exc:
+                log.warning("worker.janitor_failed", error=f"{type(exc).__name__}: {exc}")
+            await self._sleep(self.settings.worker_janitor_interval_s)
+
+    async def _refiller(self) -> None:
+        while not self.stop.is_set():
+            for pool in self.pools:
+                if self.stop.is_set():
+                    break
+                try:
+                    await self._tend(pool)
+                except Exception as exc:  # the database is down: keep the worker up, try next poll
+                    log.warning("worker.poll_failed", pool=pool, error=f"{type(exc).__name__}: {exc}")
+            await self._sleep(self.settings.worker_poll_s)
+
+    async def _tend(self, pool: str) -> None:
+        health = await check_pool_health(self.deps.store, self.journal, self.settings, pool)
+        if self.alerter is not None:
+            await self.alerter.on_health(self.deps.db, health)
+        now = time.monotonic()
+        watermark = self.settings.refill_low_watermark_ratio * health.target
+        trigger: Trigger | None = None
+        if now >= self._next_scheduled[pool]:
+            trigger = Trigger.SCHEDULE
+        elif health.available < watermark and now >= self._not_before[pool]:
+            trigger = Trigger.WATERMARK
+        if trigger is None:
+            return
+        log.info("worker.refill", pool=pool, trigger=trigger.value, available=health.available,
+                 watermark=round(watermark))
+        result = await refill_pool(self.deps, pool, trigger=trigger, stop=self.stop)
+        self.runs.append((pool, trigger, result.outcome))
+        if trigger is Trigger.SCHEDULE:
+            self._next_scheduled[pool] = now + self.settings.refill_interval_s
+        if result.outcome in (Outcome.FAILED, Outcome.LEASE_LOST):
+            # Back off (5 s, 10 s, ... up to the refill interval) so a TOME outage is not hammered.
+            self._failures[pool] += 1
+            delay = min(_FIRST_RETRY_S * 2 ** (self._failures[pool] - 1), self.settings.refill_interval_s)
+            self._not_before[pool] = time.monotonic() + delay
+        else:
+            self._failures[pool] = 0

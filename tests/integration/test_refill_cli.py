@@ -1,0 +1,62 @@
+"""``tokenpool refill`` and ``tokenpool health`` as processes: output and documented exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import psycopg
+
+from tests.integration.refill_support import cli, env_for, refill_settings
+
+POOL = "default"
+
+
+def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cli(*args), env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_refill_prints_a_json_summary_and_exits_0_then_health_reads_ok(settings, tome):
+    env = env_for(refill_settings(settings, tome, refill_target=20))
+    refill = _run(["refill", "--json"], env)
+    health = _run(["health", "--json", "--no-alert"], env)
+    assert refill.returncode == 0, refill.stderr
+    summary = json.loads(refill.stdout)
+    assert (summary["outcome"], summary["added"], summary["target"]) == ("succeeded", 20, 20)
+    assert health.returncode == 0
+    assert json.loads(health.stdout)["status"] == "OK"
+
+
+def test_two_refill_processes_started_at_once_exit_0_and_3_and_do_not_overfill(settings, database_url, tome):
+    tome.set_faults(latency_ms=100)
+    env = env_for(refill_settings(settings, tome, refill_target=60))
+    processes = [subprocess.Popen(cli("refill", "--json"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+    outputs = [process.communicate(timeout=60) for process in processes]
+    codes = sorted(process.returncode for process in processes)
+    held = next(json.loads(out) for (out, _), p in zip(outputs, processes, strict=True) if p.returncode == 3)
+    with psycopg.connect(database_url) as conn:
+        count = conn.execute("SELECT count(*) FROM token_pool WHERE pool = %s", (POOL,)).fetchone()
+    assert codes == [0, 3]
+    assert held["outcome"] == "skipped_lease_held"
+    assert held["lease_holder"] in held["error"]
+    assert count == (60,)
+
+
+def test_refill_exits_1_with_the_reason_when_tome_is_down(settings, tome):
+    tome.set_faults(outage=True)
+    result = _run(["refill"], env_for(refill_settings(settings, tome, refill_target=20)))
+    assert result.returncode == 1
+    assert "failed" in result.stderr
+    assert "TomeUnavailable" in result.stderr
+
+
+def test_health_exits_2_for_an_empty_pool_and_1_for_a_low_one(settings, tome):
+    config = refill_settings(settings, tome, refill_target=100)
+    empty = _run(["health", "--no-alert"], env_for(config))
+    _run(["refill", "--count", "10"], env_for(config))
+    low = _run(["health", "--json", "--no-alert"], env_for(config))
+    assert empty.returncode == 2
+    assert "EMPTY" in empty.stdout
+    assert low.returncode == 1
+    assert json.loads(low.stdout)["status"] == "LOW"

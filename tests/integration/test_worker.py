@@ -1,0 +1,125 @@
+"""The refill worker: watermark refills, the lease janitor, Prometheus metrics, a clean SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import queue
+import signal
+import subprocess
+import threading
+import time
+
+import httpx
+import psycopg
+
+from tests.fixtures.tome import free_port
+from tests.integration.refill_support import cli, env_for, journal_leftovers, refill_deps, refill_settings
+from tokenpool.pool.model import PairStatus
+from tokenpool.refill.model import Outcome, Trigger
+from tokenpool.refill.worker import RefillWorker
+
+POOL = "default"
+
+
+async def _until(predicate, timeout_s: float = 15.0, every_s: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s")
+        await asyncio.sleep(every_s)
+
+
+async def test_the_worker_refills_at_start_and_again_when_the_pool_drops_below_its_watermark(settings, tome):
+    config = refill_settings(settings, tome, refill_target=40, refill_low_watermark_ratio=0.5, worker_poll_s=0.1,
+                             worker_janitor_interval_s=0.1)
+    async with refill_deps(config) as deps:
+        worker = RefillWorker(deps, [POOL])
+        running = asyncio.create_task(worker.run())
+        try:
+            async def full() -> bool:
+                return (await deps.store.stats(POOL)).available == 40
+
+            await _until(full)
+            for i in range(25):  # 15 left < watermark 20
+                reservation = await deps.store.reserve(POOL, 30)
+                await deps.store.commit(reservation.reservation_id, f"card-{i}")
+
+            async def refilled_by_watermark() -> bool:
+                return any(trigger is Trigger.WATERMARK for _, trigger, _ in worker.runs)
+
+            await _until(refilled_by_watermark)
+            await _until(full)
+        finally:
+            worker.stop.set()
+            await asyncio.wait_for(running, timeout=10)
+    assert worker.runs[0] == (POOL, Trigger.SCHEDULE, Outcome.SUCCEEDED)
+    assert (POOL, Trigger.WATERMARK, Outcome.SUCCEEDED) in worker.runs
+    assert len([run for run in worker.runs if run[1] is Trigger.SCHEDULE]) == 1  # hourly: once so far
+
+
+async def test_the_worker_janitor_expires_lapsed_reservations(settings, tome):
+    config = refill_settings(settings, tome, refill_target=10, worker_poll_s=0.1, worker_janitor_interval_s=0.1)
+    async with refill_deps(config) as deps:
+        worker = RefillWorker(deps, [POOL])
+        running = asyncio.create_task(worker.run())
+        try:
+            async def has_pairs() -> bool:
+                return (await deps.store.stats(POOL)).available == 10
+
+            await _until(has_pairs)
+            await deps.store.reserve_many(POOL, 3, 0.1)
+
+            async def expired() -> bool:
+                return (await deps.store.stats(POOL)).count(PairStatus.EXPIRED) == 3
+
+            await _until(expired)
+            stats = await deps.store.exact_stats(POOL)
+        finally:
+            worker.stop.set()
+            await asyncio.wait_for(running, timeout=10)
+    assert (stats.count(PairStatus.EXPIRED), stats.count(PairStatus.RESERVED)) == (3, 0)
+
+
+def _read(stream, into: queue.Queue) -> None:
+    for raw in iter(stream.readline, b""):
+        into.put(raw.decode(errors="replace"))
+
+
+def test_the_worker_process_serves_metrics_and_stops_cleanly_on_sigterm_mid_refill(settings, database_url, tome):
+    tome.set_faults(latency_ms=150)
+    port = free_port()
+    config = refill_settings(settings, tome, refill_target=200, refill_tome_max_in_flight=2, worker_poll_s=0.2,
+                             worker_metrics_port=port, worker_stop_grace_s=10.0, refill_lease_ttl_s=10.0)
+    process = subprocess.Popen(cli("worker"), env=env_for(config), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_read, args=(process.stderr, lines), daemon=True).start()
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # wait until the first refill has loaded a batch: it is mid-run now
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            if '"refill.batch_loaded"' in line:
+                break
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=config.worker_stop_grace_s + 5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    events = []
+    while not lines.empty():
+        with contextlib.suppress(ValueError):
+            events.append(json.loads(lines.get_nowait()).get("event"))
+    assert code == 0
+    assert "tokenpool_tome_requests_total" in metrics
+    assert "tokenpool_pool_pairs" in metrics
+    assert "worker.stopped" in events
+    with psycopg.connect(database_url) as conn:
+        runs = conn.execute("SELECT outcome, added, finished_at IS NOT NULL FROM refill_runs").fetchall()
+        leases = conn.execute("SELECT count(*) FROM refill_leases").fetchone()
+    assert [(outcome, finished) for outcome, _, finished in runs] == [("stopped", True)]
+    assert 0 < runs[0][1] < 200
+    assert leases == (0,)  # handed back, not left to lapse
+    assert journal_leftovers(database_url, POOL) == (0, 0)  # the batches in flight were finished
