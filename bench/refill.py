@@ -27,9 +27,9 @@ import psycopg
 
 from bench.common import fresh_database, server_url, server_version
 from tokenpool import bootstrap
+from tokenpool.db.pool_store import copy_pairs
 from tokenpool.pool.synthetic import synthetic_pairs
 from tokenpool.refill.job import refill_pool
-from tokenpool.refill.journal import copy_pairs
 from tokenpool.settings import Settings
 
 POOL = "bench"

@@ -1,5 +1,6 @@
+from tokenpool.pool.luhn import luhn_check_digit, luhn_valid
 from tokenpool.pool.model import ALLOWED_TRANSITIONS, PairStatus, PoolStats, is_allowed
-from tokenpool.pool.synthetic import is_luhn_valid, luhn_check_digit, synthetic_pairs
+from tokenpool.pool.synthetic import synthetic_pairs
 
 
 def test_used_and_expired_are_final():
@@ -28,12 +29,12 @@ def test_stats_print_lowercase_status_names_and_a_total():
 
 def test_luhn_check_digit_of_a_known_number():
     assert luhn_check_digit("7992739871") == "3"
-    assert is_luhn_valid("79927398713")
-    assert not is_luhn_valid("79927398714")
+    assert luhn_valid("79927398713")
+    assert not luhn_valid("79927398714")
 
 
 def test_synthetic_pairs_are_distinct_luhn_valid_and_marked():
     pairs = synthetic_pairs(500)
     assert len({p.internal_token for p in pairs}) == 500
-    assert all(is_luhn_valid(p.internal_token) and len(p.internal_token) == 16 for p in pairs)
+    assert all(luhn_valid(p.internal_token) and len(p.internal_token) == 16 for p in pairs)
     assert all(p.internal_token.startswith("99") and p.external_ref.startswith("syn_") for p in pairs)

@@ -39,6 +39,28 @@ def _reservation(row: Sequence[Any]) -> Reservation:
     return Reservation(reservation_id, pool, internal_token, external_ref, lease_expires_at)
 
 
+async def copy_pairs(conn: Conn, pool: str, pairs: Sequence[TokenPair], batch_id: UUID) -> int:
+    """The body of ``add_pairs`` on the caller's connection, inside the caller's transaction.
+
+    The refill job uses it so a batch's pairs commit together with its journal entry.
+    """
+    await conn.execute(sql("create_staging"))
+    async with conn.cursor().copy(sql("copy_staging")) as copy:
+        for pair in pairs:
+            await copy.write_row((pair.internal_token, pair.external_ref))
+    cursor = await conn.execute(sql("load_staging"), {"pool": pool, "batch_id": batch_id})
+    added = cursor.rowcount
+    if added < len(pairs):
+        # Some staged pairs were skipped: already stored (fine) or contradicting (not fine). Checked
+        # only now so the common load of all-new pairs pays nothing for it; raising rolls the insert
+        # back with the rest of the transaction.
+        cursor = await conn.execute(sql("staging_conflicts"), {"pool": pool})
+        row = await cursor.fetchone()
+        if row and row[0]:
+            raise PairConflict(int(row[0]))
+    return added
+
+
 class PostgresTokenPool:
     """Implements :class:`tokenpool.pool.ports.TokenPoolStore` over a psycopg connection pool.
 
@@ -113,21 +135,7 @@ class PostgresTokenPool:
         if not pairs:
             return 0
         async with self._pool.connection() as conn, conn.transaction():
-            await conn.execute(sql("create_staging"))
-            async with conn.cursor().copy(sql("copy_staging")) as copy:
-                for pair in pairs:
-                    await copy.write_row((pair.internal_token, pair.external_ref))
-            cursor = await conn.execute(sql("load_staging"), {"pool": pool, "batch_id": batch_id})
-            added = cursor.rowcount
-            if added < len(pairs):
-                # Some staged pairs were skipped: already stored (fine) or contradicting (not fine).
-                # Checked only now so the common load of all-new pairs pays nothing for it; raising
-                # rolls the insert back with the rest of the transaction.
-                cursor = await conn.execute(sql("staging_conflicts"), {"pool": pool})
-                row = await cursor.fetchone()
-                if row and row[0]:
-                    raise PairConflict(int(row[0]))
-            return added
+            return await copy_pairs(conn, pool, pairs, batch_id)
 
     async def stats(self, pool: str) -> PoolStats:
         return await self._stats("stats", pool)

@@ -103,19 +103,13 @@ def pool_seed(
 
 @app.command("run")
 def run(
-    pool: PoolOption = None,
-    seed: Annotated[int, typer.Option(help="Synthetic pairs to seed when the pool is empty.")] = 10_000,
-    cards: Annotated[int, typer.Option(help="Demo reservations to make and commit.")] = 100,
+    host: Annotated[str, typer.Option(help="Address the API listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the API.")] = 8000,
 ) -> None:
-    """Run the system on embedded defaults: database, migrations, a seeded pool, demo claims, stats."""
-    settings = get_settings()
-    name = pool or settings.default_pool
-    url = bootstrap.database_url(settings)
-    console.print(f"PostgreSQL: {_describe(url)}")
-    for migration in bootstrap.upgrade_database(settings):
-        console.print(f"applied migration {migration.version:04d}_{migration.name}")
-    stats = asyncio.run(_demo(settings, name, seed, cards))
-    _print_stats(stats)
+    """Run the whole system: PostgreSQL, migrations, TOME emulator, refill, worker and the API."""
+    from tokenpool.entrypoints.run import run_system
+
+    raise typer.Exit(run_system(get_settings(), host=host, port=port, console=console))
 
 
 async def _stats(settings: Settings, pool: str) -> PoolStats:
@@ -132,36 +126,12 @@ async def _seed(settings: Settings, pool: str, count: int) -> int:
     return added
 
 
-async def _demo(settings: Settings, pool: str, seed: int, cards: int) -> PoolStats:
-    async with bootstrap.open_database(settings, max_size=10) as db:
-        if (await db.store.stats(pool)).available < cards:
-            added = await db.store.add_pairs(pool, synthetic_pairs(seed), uuid.uuid4())
-            console.print(f"seeded {added:,} synthetic pairs into pool {pool!r}")
-
-        async def create_card(i: int) -> None:
-            reservation = await db.store.reserve(pool, settings.lease_seconds)
-            await db.store.commit(reservation.reservation_id, f"demo-card-{uuid.uuid4().hex[:12]}")
-
-        await asyncio.gather(*(create_card(i) for i in range(cards)))
-        console.print(f"reserved and committed {cards} pairs concurrently")
-        return await db.store.stats(pool)
-
-
 def _print_stats(stats: PoolStats) -> None:
     table = Table("status", "pairs", title=f"pool {stats.pool!r}")
     for key, value in stats.as_dict().items():
         if key != "pool":
             table.add_row(key, f"{value:,}")
     console.print(table)
-
-
-def _describe(url: str) -> str:
-    from psycopg.conninfo import conninfo_to_dict
-
-    params = conninfo_to_dict(url)
-    host = str(params.get("host", "localhost"))
-    where = f"socket in {host}" if host.startswith("/") else f"{host}:{params.get('port', 5432)}"
-    return f"database {params.get('dbname')} ({where})"
 
 
 def main() -> None:

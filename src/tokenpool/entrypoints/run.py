@@ -70,9 +70,10 @@ class Supervisor:
         self.children.append((name, process))
         return process
 
-    def run_to_end(self, args: Sequence[str]) -> int:
-        """A foreground step (its output, e.g. a progress bar, goes to this terminal)."""
-        return subprocess.run(list(args), env=self.env, check=False).returncode  # noqa: S603
+    def run_to_end(self, args: Sequence[str], log: Path) -> int:
+        """A foreground step: its stdout (a progress bar, a summary) to this terminal, its logs to ``log``."""
+        with log.open("ab") as errors:
+            return subprocess.run(list(args), env=self.env, stderr=errors, check=False).returncode  # noqa: S603
 
     def stop_all(self) -> None:
         for _name, process in reversed(self.children):
@@ -114,6 +115,9 @@ def run_system(settings: Settings, *, host: str, port: int, console: Console) ->
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    # Started from a script or under nohup, SIGINT arrives ignored and Python keeps it so: Ctrl-C and
+    # `kill -INT` must stop the system whatever started it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         tome_url = settings.tome_url
         if tome_url is None:
@@ -132,7 +136,7 @@ def run_system(settings: Settings, *, host: str, port: int, console: Console) ->
         env["TOKENPOOL_TOME_URL"] = tome_url
 
         console.print("initial refill:")
-        if supervisor.run_to_end(tokenpool_command("refill")) != 0:
+        if supervisor.run_to_end(tokenpool_command("refill"), logs / "refill.log") != 0:
             console.print("[yellow]initial refill did not complete; the worker will retry[/]")
 
         supervisor.start("worker", tokenpool_command("worker"), logs / "worker.log")
@@ -162,7 +166,7 @@ def _create_demo_key(supervisor: Supervisor) -> str:
     out = subprocess.run(  # noqa: S603
         tokenpool_command(
             "apikey", "create", "--name", name, "--json",
-            "--scopes", "cards:write,cards:read,tokens:detokenize,reservations:write,pools:read",
+            "--scopes", "cards:write,cards:read,tokens:detokenize,reservations:write,pools:read,metrics:read",
         ),
         env=supervisor.env, capture_output=True, check=True, timeout=60,
     )
@@ -175,7 +179,7 @@ def _print_banner(console: Console, base: str, key: str, logs: Path) -> None:
 [bold green]tokenpool is running[/]
   API          {base}
   OpenAPI docs {base}/docs   (spec: {base}/openapi.json)
-  metrics      {base}/metrics
+  metrics      {base}/metrics   (with the key below: scope metrics:read)
   logs         {logs}
   demo API key {key}   (shown once; all scopes)
 
@@ -183,4 +187,4 @@ Create a card:
   curl -s -X POST {base}/v1/cards -H 'Authorization: Bearer {key}' \\
        -H 'Content-Type: application/json' -d '{{"program": "default", "customer_ref": "cust-1"}}'
 
-Ctrl-C stops everything.""")
+Ctrl-C stops everything.""", soft_wrap=True)

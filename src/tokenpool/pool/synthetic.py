@@ -4,25 +4,10 @@ from __future__ import annotations
 
 import secrets
 
+from tokenpool.pool.luhn import luhn_check_digit
 from tokenpool.pool.model import TokenPair
 
 SYNTHETIC_PREFIX = "99"  # internal tokens of synthetic pairs start with 99; external refs with syn_
-
-
-def luhn_check_digit(digits: str) -> str:
-    total = 0
-    for position, char in enumerate(reversed(digits)):
-        value = int(char)
-        if position % 2 == 0:  # every second digit from the right, counting the check digit to come
-            value *= 2
-            if value > 9:
-                value -= 9
-        total += value
-    return str((10 - total % 10) % 10)
-
-
-def is_luhn_valid(number: str) -> bool:
-    return number.isdigit() and luhn_check_digit(number[:-1]) == number[-1]
 
 
 def synthetic_pairs(count: int) -> list[TokenPair]:

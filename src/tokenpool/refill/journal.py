@@ -24,8 +24,8 @@ from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
+from tokenpool.db.pool_store import copy_pairs
 from tokenpool.db.queries import sql
-from tokenpool.pool.errors import PairConflict
 from tokenpool.pool.model import TokenPair
 from tokenpool.refill.model import Outcome, RefillResult
 from tokenpool.refill.plan import SampleSpan
@@ -39,26 +39,6 @@ class UnfinishedBatch:
     count: int
     state: str  # 'intent' or 'issued'
     created_at: datetime
-
-
-async def copy_pairs(conn: Conn, pool: str, pairs: Sequence[TokenPair], batch_id: UUID) -> int:
-    """COPY-load ``pairs`` on the caller's connection, inside the caller's transaction.
-
-    The same statements and semantics as ``PostgresTokenPool.add_pairs`` (idempotent, PairConflict on
-    a contradiction), but on a given connection so the load commits together with the journal.
-    """
-    await conn.execute(sql("create_staging"))
-    async with conn.cursor().copy(sql("copy_staging")) as copy:
-        for pair in pairs:
-            await copy.write_row((pair.internal_token, pair.external_ref))
-    cursor = await conn.execute(sql("load_staging"), {"pool": pool, "batch_id": batch_id})
-    added = cursor.rowcount
-    if added < len(pairs):
-        cursor = await conn.execute(sql("staging_conflicts"), {"pool": pool})
-        row = await cursor.fetchone()
-        if row and row[0]:
-            raise PairConflict(int(row[0]))
-    return added
 
 
 class RefillJournal:

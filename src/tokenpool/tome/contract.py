@@ -14,6 +14,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, StringConstraints
 
+from tokenpool.pool.luhn import luhn_check_digit, luhn_valid
+
 DEFAULT_MAX_BATCH = 2_500
 CORRELATION_HEADER = "X-Correlation-ID"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -135,23 +137,6 @@ EXTERNAL_REF_PREFIX = "ext_"
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _INTERNAL_RE = re.compile(r"^\d{16}$")
 _EXTERNAL_RE = re.compile(r"^ext_[0-9A-HJKMNP-TV-Z]{26}$")
-
-
-def luhn_check_digit(payload: str) -> str:
-    """The digit that makes ``payload + digit`` pass the Luhn check."""
-    total = 0
-    for index, char in enumerate(reversed(payload)):
-        digit = int(char)
-        if index % 2 == 0:  # doubled: these sit at odd positions once the check digit is appended
-            digit *= 2
-            if digit > 9:
-                digit -= 9
-        total += digit
-    return str((10 - total % 10) % 10)
-
-
-def luhn_valid(number: str) -> bool:
-    return number.isdigit() and len(number) >= 2 and luhn_check_digit(number[:-1]) == number[-1]
 
 
 def new_internal_token() -> str:
