@@ -20,6 +20,8 @@ api = api_harness.api  # the fixture: a running service with its own database
 
 @pytest.fixture
 def cli(api: Api, monkeypatch):
+    """The CLI in this process. The service under test also runs in this process (a thread) and logs to
+    stderr, which CliRunner captures too: parse stdout, where the JSON goes, never the mixed output."""
     monkeypatch.setenv("TOKENPOOL_DATABASE_URL", api.database_url)
     get_settings.cache_clear()
     app = typer.Typer()
@@ -32,7 +34,7 @@ def cli(api: Api, monkeypatch):
 def test_a_created_key_is_printed_once_and_works_until_revoked(api: Api, cli):
     created = cli("apikey", "create", "--name", "cli-key", "--scopes", "pools:read,cards:read", "--json")
     assert created.exit_code == 0, created.output
-    printed = json.loads(created.output)
+    printed = json.loads(created.stdout)
     assert printed["name"] == "cli-key"
     assert printed["scopes"] == ["cards:read", "pools:read"]
     headers = {"Authorization": f"Bearer {printed['key']}"}
@@ -40,7 +42,7 @@ def test_a_created_key_is_printed_once_and_works_until_revoked(api: Api, cli):
     assert response.json()["code"] == "POOL_NOT_FOUND", "authenticated: the pool simply does not exist"
 
     listed = cli("apikey", "list", "--json")
-    assert [k["name"] for k in json.loads(listed.output)] == ["cli-key"]
+    assert [k["name"] for k in json.loads(listed.stdout)] == ["cli-key"]
     assert printed["key"] not in listed.output
 
     assert cli("apikey", "revoke", "--name", "cli-key").exit_code == 0
@@ -59,8 +61,8 @@ def test_bad_key_requests_are_refused(cli):
 
 def test_the_traffic_share_is_set_shown_and_unset(cli):
     assert cli("config", "set", "pool-traffic-percent", "10").exit_code == 0
-    assert json.loads(cli("config", "show").output)["pool-traffic-percent"] == {"stored": 10, "default": 100}
+    assert json.loads(cli("config", "show").stdout)["pool-traffic-percent"] == {"stored": 10, "default": 100}
     assert cli("config", "set", "pool-traffic-percent", "101").exit_code == 2
     assert cli("config", "set", "no-such-setting", "1").exit_code == 2
     assert cli("config", "unset", "pool-traffic-percent").exit_code == 0
-    assert json.loads(cli("config", "show").output)["pool-traffic-percent"]["stored"] is None
+    assert json.loads(cli("config", "show").stdout)["pool-traffic-percent"]["stored"] is None

@@ -20,7 +20,10 @@ LEASE = 60.0
 
 
 async def _claim_in_process(database_url: str, tasks: int, claims_per_task: int) -> list[str]:
-    pool = await open_pool(database_url, Settings(), min_size=2, max_size=tasks)
+    # Connections are opened before the race and waited for generously: this test is about
+    # exclusivity, and a busy server can take seconds to accept 32 new connections at once.
+    settings = Settings(db_acquire_timeout_s=30, db_connect_timeout_s=30)
+    pool = await open_pool(database_url, settings, min_size=tasks, max_size=tasks)
     store = PostgresTokenPool(pool)
     claimed: list[str] = []
 
