@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -68,3 +69,12 @@ async def test_a_pair_already_in_another_pool_is_a_conflict(store):
 
 async def test_an_empty_batch_loads_nothing(store):
     assert await store.add_pairs(POOL, [], uuid.uuid4()) == 0
+
+
+async def test_two_concurrent_loads_of_the_same_new_pairs_load_each_pair_once(store):
+    pairs = make_pairs(2_000)
+    added = await asyncio.gather(*(store.add_pairs(POOL, pairs, uuid.uuid4()) for _ in range(3)))
+    assert sum(added) == 2_000
+    stats = await store.exact_stats(POOL)
+    assert stats.available == 2_000
+    assert stats == await store.stats(POOL)

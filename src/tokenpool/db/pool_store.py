@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
@@ -48,7 +49,12 @@ async def copy_pairs(conn: Conn, pool: str, pairs: Sequence[TokenPair], batch_id
     async with conn.cursor().copy(sql("copy_staging")) as copy:
         for pair in pairs:
             await copy.write_row((pair.internal_token, pair.external_ref))
-    cursor = await conn.execute(sql("load_staging"), {"pool": pool, "batch_id": batch_id})
+    params = {"pool": pool, "batch_id": batch_id}
+    try:
+        async with conn.transaction():  # a savepoint: a unique violation undoes only this statement
+            cursor = await conn.execute(sql("load_staging_new"), params)
+    except psycopg.errors.UniqueViolation:
+        cursor = await conn.execute(sql("load_staging"), params)
     added = cursor.rowcount
     if added < len(pairs):
         # Some staged pairs were skipped: already stored (fine) or contradicting (not fine). Checked

