@@ -80,6 +80,11 @@ class Settings(BaseSettings):
         default=86_400.0, gt=0,
         description="How long TOME keeps an Idempotency-Key; older unissued batches are re-issued with a warning.",
     )
+    refill_service_intent_grace_s: float = Field(
+        default=300.0, ge=0,
+        description="A service TOME-fallback intent is recovered by the refill only after this long "
+        "(its request may still store the pair before; requests are bounded by seconds).",
+    )
     refill_low_watermark_ratio: float = Field(
         default=0.5, ge=0, le=1, description="Worker refills at once below this share of the target."
     )

@@ -7,7 +7,10 @@ import uuid
 
 from tests.integration import api_harness
 from tests.integration.api_harness import POOL, Api
+from tokenpool import bootstrap
 from tokenpool.pool import PairStatus
+from tokenpool.refill.job import refill_pool
+from tokenpool.settings import Settings
 
 api = api_harness.api  # the fixture: a running service with its own database
 
@@ -170,3 +173,40 @@ async def test_a_tome_outage_does_not_stop_card_creation_from_a_full_pool(api: A
                                        headers=await api.headers("cards:write")) for i in range(10)]
     assert [r.status_code for r in responses] == [201] * 10
     assert {r.json()["token_source"] for r in responses} == {"pool"}
+
+
+async def test_a_token_tome_issued_for_a_card_that_then_failed_is_recovered_by_the_next_refill(api: Api):
+    issued_before = set(api.tome.issued("NS1"))
+    api.tome.set_faults(corrupt_rate=1.0)  # TOME issues the token, then its answer loses it
+    async with api.client() as client:
+        response = await client.post("/v1/cards", json={"program": POOL, "customer_ref": "c"},
+                                     headers=await api.headers("cards:write"))
+    assert response.status_code == 503
+    assert response.json()["code"] == "POOL_EXHAUSTED_TOME_UNAVAILABLE"
+    unseen = set(api.tome.issued("NS1")) - issued_before
+    assert len(unseen) == 1, "TOME issued a token the service never saw"
+    assert api.sql("SELECT count(*) FROM token_pool") == [(0,)]
+    assert api.sql("SELECT count(*) FROM refill_batches WHERE origin = 'service' AND state = 'intent'") == [(1,)]
+
+    api.tome.reset_faults()
+    settings = Settings(database_url=api.database_url, tome_url=api.tome.url,  # type: ignore[arg-type]
+                        refill_service_intent_grace_s=0)
+    async with bootstrap.open_refill(settings) as deps:
+        result = await refill_pool(deps, POOL, count=1)
+    assert result.recovered == 1
+    (token,) = unseen
+    assert api.sql("SELECT status FROM token_pool WHERE internal_token = %s", token) == [("AVAILABLE",)]
+    assert api.sql("SELECT count(*) FROM refill_batches WHERE state <> 'done'") == [(0,)]
+
+
+async def test_a_young_tome_fallback_intent_is_left_to_its_request_by_the_refill(api: Api):
+    api.tome.set_faults(corrupt_rate=1.0)
+    async with api.client() as client:
+        await client.post("/v1/cards", json={"program": POOL, "customer_ref": "c"},
+                          headers=await api.headers("cards:write"))
+    api.tome.reset_faults()
+    settings = Settings(database_url=api.database_url, tome_url=api.tome.url)  # type: ignore[arg-type]
+    async with bootstrap.open_refill(settings) as deps:
+        result = await refill_pool(deps, POOL, count=1)
+    assert result.recovered == 0
+    assert api.sql("SELECT count(*) FROM refill_batches WHERE origin = 'service' AND state = 'intent'") == [(1,)]

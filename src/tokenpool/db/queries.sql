@@ -162,6 +162,13 @@ SELECT card_id, program, customer_ref, internal_token, external_ref, token_sourc
 FROM cards
 WHERE card_id = %(card_id)s;
 
+-- tome_fallback_intent --
+-- Journal one pair the service is about to ask TOME for, in its own short transaction, BEFORE the call:
+-- batch_id becomes the issue's Idempotency-Key, so if the request fails after TOME issued, the refill
+-- replays the issue and loads the pair into the pool. No database, no TOME call.
+INSERT INTO refill_batches (batch_id, pool, count, run_id, origin)
+VALUES (%(batch_id)s, %(pool)s, 1, %(batch_id)s, 'service');
+
 -- pair_insert_used --
 -- A pair obtained from TOME for one card (pool empty, or canary), recorded as USED by that card.
 -- An INSERT is not a status transition, so the status machine allows it; the CHECK wants card_ref.
@@ -308,9 +315,12 @@ INSERT INTO refill_batches (batch_id, pool, count, run_id) VALUES (%(batch_id)s,
 
 -- refill_batches_unfinished --
 -- Batches an earlier run left behind (crash, timeout, failure): finished first, oldest first.
+-- A service intent (a card's or reservation's TOME fallback) is taken only once it is older than any
+-- request can live: before that, the request may still store the pair itself.
 SELECT batch_id, count, state, created_at
 FROM refill_batches
 WHERE pool = %(pool)s AND state <> 'done'
+  AND (origin = 'refill' OR created_at < now() - make_interval(secs => %(service_grace_s)s))
 ORDER BY created_at;
 
 -- refill_pending_tokens_insert --

@@ -135,7 +135,7 @@ class _Run:
 
     async def _work(self) -> None:
         # 1. Whatever an earlier run left unfinished comes first (it may be most of what we need).
-        for batch in await self.journal.unfinished(self.pool):
+        for batch in await self.journal.unfinished(self.pool, self.settings.refill_service_intent_grace_s):
             self.result.recovered += await self._finish_unfinished(batch)
         self.result.added = self.result.recovered
 

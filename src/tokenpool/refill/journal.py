@@ -72,9 +72,11 @@ class RefillJournal:
         await self._execute("refill_batch_intent",
                             {"batch_id": batch_id, "pool": pool, "count": count, "run_id": run_id})
 
-    async def unfinished(self, pool: str) -> list[UnfinishedBatch]:
+    async def unfinished(self, pool: str, service_grace_s: float) -> list[UnfinishedBatch]:
+        """Unfinished batches; a service TOME-fallback intent only once older than ``service_grace_s``."""
         async with self.db.connection() as conn:
-            rows = await (await conn.execute(sql("refill_batches_unfinished"), {"pool": pool})).fetchall()
+            params = {"pool": pool, "service_grace_s": service_grace_s}
+            rows = await (await conn.execute(sql("refill_batches_unfinished"), params)).fetchall()
         return [UnfinishedBatch(row[0], int(row[1]), str(row[2]), row[3]) for row in rows]
 
     async def record_issued(self, batch_id: UUID, internal_tokens: Sequence[str]) -> None:

@@ -9,6 +9,8 @@ Idempotency-Key: the key row is inserted first in the card's transaction. A conc
 insert waits on the primary key until the first transaction ends, then finds the key taken and
 answers with that card. TOME calls never happen inside a transaction (they can take seconds); a
 retry that raced a TOME-path creation puts its unused TOME pair into the pool instead of wasting it.
+A TOME pair is journaled before TOME is asked (see tome_pairs): if the card's transaction fails, the
+refill recovers the pair into the pool, so no token TOME issued is lost.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from uuid import UUID
 from tokenpool.cards import Card, TokenSource
 from tokenpool.cards.idempotency import request_fingerprint
 from tokenpool.cards.routing import TrafficSplitter
-from tokenpool.db.pool_store import PostgresTokenPool
+from tokenpool.db.pool_store import PostgresTokenPool, copy_pairs
 from tokenpool.db.queries import sql
 from tokenpool.observability.logging import get_logger
 from tokenpool.observability.metrics import CARD_REPLAYS, CARDS_CREATED, TOME_CALLS_AVOIDED
@@ -31,7 +33,7 @@ from tokenpool.service.auth import Principal
 from tokenpool.service.database import Conn, DatabaseUnavailable, ServiceDatabase
 from tokenpool.service.problems import ProblemError, unavailable
 from tokenpool.service.runtime_config import RuntimeConfig
-from tokenpool.service.tome_pairs import pair_from_tome
+from tokenpool.service.tome_pairs import JournaledPair, close_intent, pair_from_tome
 from tokenpool.service.tome_port import TomePort
 from tokenpool.settings import Settings
 from tokenpool.tome.contract import TomeError
@@ -105,7 +107,7 @@ class CardService:
         except PoolExhausted:
             log.info("card.pool_empty.tome_fallback", program=order.program)
         try:
-            pair = await pair_from_tome(self._tome, self._settings)
+            pair = await pair_from_tome(self._tome, self._settings, self._db, order.program)
         except TomeError as error:
             log.warning("card.pool_empty.tome_down", program=order.program, error=str(error)[:200])
             raise unavailable(
@@ -117,7 +119,7 @@ class CardService:
 
     async def _create_routed_to_tome(self, order: CardOrder, *, pool_allowed: bool) -> tuple[Card, bool]:
         try:
-            pair = await pair_from_tome(self._tome, self._settings)
+            pair = await pair_from_tome(self._tome, self._settings, self._db, order.program)
         except TomeError as error:
             if not pool_allowed:  # traffic percent 0 is a rollback: the pool stays out of it
                 raise unavailable(
@@ -148,8 +150,9 @@ class CardService:
         log.info("card.created", card_id=str(card_id), program=order.program, source=TokenSource.POOL.value)
         return card
 
-    async def _create_from_tome_pair(self, order: CardOrder, pair: TokenPair) -> Card:
+    async def _create_from_tome_pair(self, order: CardOrder, journaled: JournaledPair) -> Card:
         card_id = uuid.uuid4()
+        pair = journaled.pair
         try:
             async with self._db.transaction() as conn:
                 await self._claim_key(conn, order, card_id)
@@ -159,13 +162,16 @@ class CardService:
                      "external_ref": pair.external_ref, "card_id": card_id},
                 )
                 card = await self._insert_card(conn, order, card_id, pair, TokenSource.TOME)
+                await close_intent(conn, journaled, card_id)
         except _KeyTaken:
-            # A concurrent retry won; this valid, never-used pair joins the pool rather than being lost.
+            # A concurrent retry won; this valid, never-used pair joins the pool rather than being lost
+            # (or, if even that fails, stays journaled for the refill to recover).
             try:
-                async with self._db.guard():
-                    await self._store.add_pairs(order.program, [pair], uuid.uuid4())
+                async with self._db.transaction() as conn:
+                    await copy_pairs(conn, order.program, [pair], journaled.intent_id)
+                    await close_intent(conn, journaled, journaled.intent_id)
             except DatabaseUnavailable:
-                log.warning("card.spare_pair.not_pooled", program=order.program)
+                log.warning("card.spare_pair.left_to_refill", program=order.program)
             raise
         CARDS_CREATED.labels(order.program, TokenSource.TOME.value).inc()
         log.info("card.created", card_id=str(card_id), program=order.program, source=TokenSource.TOME.value)

@@ -11,7 +11,6 @@ the caller, which keeps its own TOME path for exactly this case, is better place
 
 from __future__ import annotations
 
-import uuid
 from uuid import UUID
 
 from tokenpool.cards import TokenSource
@@ -23,7 +22,7 @@ from tokenpool.pool.errors import PoolExhausted
 from tokenpool.pool.model import Reservation
 from tokenpool.service.database import ServiceDatabase
 from tokenpool.service.problems import unavailable
-from tokenpool.service.tome_pairs import pair_from_tome
+from tokenpool.service.tome_pairs import close_intent, pair_from_tome
 from tokenpool.service.tome_port import TomePort
 from tokenpool.settings import Settings
 from tokenpool.tome.contract import TomeError
@@ -49,20 +48,22 @@ class ReservationService:
         except PoolExhausted:
             log.info("reservation.pool_empty.tome_fallback", program=program)
         try:
-            pair = await pair_from_tome(self._tome, self._settings)
+            journaled = await pair_from_tome(self._tome, self._settings, self._db, program)
         except TomeError as error:
             raise unavailable(
                 "POOL_EXHAUSTED_TOME_UNAVAILABLE",
                 f"Pool {program!r} is empty and TOME is unavailable; nothing was reserved.",
                 self._settings.service_retry_after_s,
             ) from error
-        async with self._db.connection() as conn:
+        pair = journaled.pair
+        async with self._db.transaction() as conn:
             cursor = await conn.execute(
                 sql("pair_insert_reserved"),
                 {"pool": program, "internal_token": pair.internal_token, "external_ref": pair.external_ref,
-                 "batch_id": uuid.uuid4(), "lease_seconds": self._settings.lease_seconds},
+                 "batch_id": journaled.intent_id, "lease_seconds": self._settings.lease_seconds},
             )
             row = await cursor.fetchone()
+            await close_intent(conn, journaled, journaled.intent_id)
         assert row is not None
         return Reservation(*row), TokenSource.TOME
 

@@ -1,18 +1,43 @@
-"""A token pair straight from TOME (NS1 issue + NS2 tokenize), for the paths that bypass the pool."""
+"""A token pair straight from TOME (NS1 issue + NS2 tokenize), for the paths that bypass the pool.
+
+No TOME-issued token may be lost: the pair is journaled (``tome_fallback_intent``) before TOME is
+called, with the journal id as the issue's Idempotency-Key. The caller closes the intent in the same
+transaction that stores the pair (:func:`close_intent`). If the request fails anywhere in between
+(database lost, tokenize failing after issue), the refill later replays the issue with the same key and
+loads the pair into the pool once the intent is older than ``refill_service_intent_grace_s``.
+"""
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
+from uuid import UUID
+
+from tokenpool.db.queries import sql
 from tokenpool.pool.model import TokenPair
+from tokenpool.service.database import Conn, ServiceDatabase
 from tokenpool.service.tome_port import TomePort
 from tokenpool.settings import Settings
 
 
-async def pair_from_tome(tome: TomePort, settings: Settings) -> TokenPair:
-    """Raises a :class:`tokenpool.tome.contract.TomeError` when TOME cannot help.
+@dataclass(frozen=True, slots=True)
+class JournaledPair:
+    pair: TokenPair
+    intent_id: UUID
 
-    If tokenize fails after issue succeeded, the issued token is simply never used: TOME never
-    re-issues a token, so nothing can collide with it later.
-    """
-    internal_token = (await tome.issue(settings.tome_ns1, 1))[0]
+
+async def pair_from_tome(tome: TomePort, settings: Settings, db: ServiceDatabase, pool: str) -> JournaledPair:
+    """Raises :class:`tokenpool.tome.contract.TomeError` when TOME cannot help, and
+    ``DatabaseUnavailable`` (before any TOME call) when the journal cannot be written."""
+    intent_id = uuid.uuid4()
+    async with db.connection() as conn:
+        await conn.execute(sql("tome_fallback_intent"), {"batch_id": intent_id, "pool": pool})
+    internal_token = (await tome.issue(settings.tome_ns1, 1, idempotency_key=str(intent_id)))[0]
     external_ref = (await tome.tokenize(settings.tome_ns2, [internal_token]))[0]
-    return TokenPair(internal_token, external_ref)
+    return JournaledPair(TokenPair(internal_token, external_ref), intent_id)
+
+
+async def close_intent(conn: Conn, journaled: JournaledPair, stored_by: UUID) -> None:
+    """Marks the intent done; call it inside the transaction that stores the pair."""
+    params = {"batch_id": journaled.intent_id, "run_id": stored_by, "added": 1}
+    await conn.execute(sql("refill_batch_mark_done"), params)
