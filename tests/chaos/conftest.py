@@ -21,7 +21,7 @@ import pytest
 from tests.chaos.report import ChaosReport
 from tests.chaos.stack import Stack, running_stack
 from tests.fixtures.database import with_database
-from tests.fixtures.tome import FAST_TOME_SETTINGS, TomeEmulator
+from tests.fixtures.tome import FAST_TOME_SETTINGS, TomeEmulator, running_emulator
 from tokenpool.db import embedded, migrate
 from tokenpool.settings import Settings
 
@@ -118,13 +118,8 @@ def owned_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnedPostgres
 
 @pytest.fixture(scope="session")
 def chaos_tome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TomeEmulator]:
-    folder = tmp_path_factory.mktemp("chaos-tome")
-    emulator = TomeEmulator(folder / "vault.db", folder / "emulator.log")
-    emulator.start()
-    try:
+    with running_emulator(tmp_path_factory.mktemp("chaos-tome")) as emulator:
         yield emulator
-    finally:
-        emulator.close()
 
 
 @pytest.fixture
