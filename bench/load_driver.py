@@ -124,9 +124,20 @@ async def run_schedule(
     return outcomes
 
 
+BURST_CLIENT_CONNECTIONS = 25
+
+
 async def burst(stack: Stack, n: int) -> tuple[list[Outcome], float]:
-    """``n`` card creations released at the same instant on ``n`` connections; returns them and the wall time."""
-    async with api_client(stack, n) as client:
+    """``n`` card creations released at the same instant on ``n`` connections; returns them and the wall time.
+
+    The connections are spread over small clients: one httpx client holding 1,000 connections spends
+    seconds of CPU in its pool's bookkeeping (measured: 8.8 s of client CPU for a 1,000 burst, every
+    answer then arriving at ~9.5 s), which measured the driver, not the service.
+    """
+    clients = [api_client(stack, BURST_CLIENT_CONNECTIONS) for _ in range(-(-n // BURST_CLIENT_CONNECTIONS))]
+    async with contextlib.AsyncExitStack() as open_clients:
+        for each in clients:
+            await open_clients.enter_async_context(each)
         release = asyncio.Event()
         loop = asyncio.get_running_loop()
         outcomes: list[Outcome] = []
@@ -134,6 +145,7 @@ async def burst(stack: Stack, n: int) -> tuple[list[Outcome], float]:
 
         async def one(serial: int) -> None:
             await release.wait()
+            client = clients[serial // BURST_CLIENT_CONNECTIONS]
             try:
                 response = await client.post(
                     "/v1/cards", json={"program": PROGRAM, "customer_ref": f"burst-{n}-{serial}"}
