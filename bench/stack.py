@@ -8,7 +8,6 @@ with every scope. Everything listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -24,7 +23,6 @@ from tokenpool.entrypoints.run import Supervisor, free_port, tokenpool_command, 
 from tokenpool.settings import Settings
 
 HOST = "127.0.0.1"
-SCOPES = "cards:write,cards:read,tokens:detokenize,reservations:write,pools:read,metrics:read"
 PROGRAM = "default"
 COMMAND_TIMEOUT_S = 120
 
@@ -105,7 +103,7 @@ def running_stack(config: StackConfig, console: Console) -> Iterator[Stack]:
         )
         api_url = f"http://{HOST}:{api_port}"
         wait_until_ready(f"{api_url}/healthz", api)
-        key = _create_key(supervisor)
+        key = supervisor.create_api_key("loadtest")
         yield Stack(api_url, tome_url, url, key, logs, supervisor)
     finally:
         supervisor.stop_all()
@@ -125,12 +123,3 @@ def _run(supervisor: Supervisor, log: Path, *args: str) -> None:
         )
     if done.returncode != 0:
         raise RuntimeError(f"tokenpool {' '.join(args)} exited with {done.returncode}; see {log}")
-
-
-def _create_key(supervisor: Supervisor) -> str:
-    out = subprocess.run(
-        tokenpool_command("apikey", "create", "--name", "loadtest", "--scopes", SCOPES, "--json"),
-        env=supervisor.env, capture_output=True, check=True, timeout=COMMAND_TIMEOUT_S,
-    )
-    key: str = json.loads(out.stdout)["key"]
-    return key

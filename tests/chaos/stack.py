@@ -9,7 +9,6 @@ emulator's ledger of NS1 holds exactly the scenario's tokens.
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import time
@@ -29,7 +28,6 @@ from tokenpool.entrypoints.run import Supervisor, free_port, tokenpool_command, 
 from tokenpool.settings import Settings
 
 CLI_TIMEOUT_S = 60.0
-ALL_SCOPES = "cards:write,cards:read,tokens:detokenize,reservations:write,pools:read,metrics:read"
 
 
 @dataclass
@@ -83,11 +81,7 @@ class Stack:
         return result.returncode
 
     def api_key(self) -> str:
-        result = self.cli("apikey", "create", "--name", f"chaos-{time.monotonic_ns()}", "--scopes", ALL_SCOPES,
-                          "--json")
-        assert result.returncode == 0, result.stderr.decode(errors="replace")[-2000:]
-        key: str = json.loads(result.stdout)["key"]
-        return key
+        return self.supervisor.create_api_key(f"chaos-{time.monotonic_ns()}")
 
     def start_api(self, port: int | None = None) -> ApiProcess:
         port = port or free_port()

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from rich.console import Console
 
 from tokenpool import bootstrap
 from tokenpool.db.embedded import stop_embedded
+from tokenpool.service.auth import SCOPES
 from tokenpool.settings import Settings
 
 READY_TIMEOUT_S = 30.0
@@ -74,6 +75,18 @@ class Supervisor:
         """A foreground step: its stdout (a progress bar, a summary) to this terminal, its logs to ``log``."""
         with log.open("ab") as errors:
             return subprocess.run(list(args), env=self.env, stderr=errors, check=False).returncode  # noqa: S603
+
+    def create_api_key(self, name: str, scopes: Iterable[str] = SCOPES) -> str:
+        """Makes an API key through the CLI (``tokenpool apikey create``) and returns it (shown only once)."""
+        done = subprocess.run(  # noqa: S603
+            tokenpool_command("apikey", "create", "--name", name, "--json", "--scopes", ",".join(sorted(scopes))),
+            env=self.env, capture_output=True, check=False, timeout=60,
+        )
+        if done.returncode != 0:
+            error = done.stderr.decode(errors="replace")[-2000:]
+            raise RuntimeError(f"apikey create exited with {done.returncode}: {error}")
+        key: str = json.loads(done.stdout)["key"]
+        return key
 
     def stop_all(self) -> None:
         for _name, process in reversed(self.children):
@@ -146,7 +159,7 @@ def run_system(settings: Settings, *, host: str, port: int, console: Console) ->
         base = f"http://{host}:{port}"
         wait_until_ready(f"{base}/healthz", api)
 
-        key = _create_demo_key(supervisor)
+        key = supervisor.create_api_key(f"demo-{int(time.time())}")
         _print_banner(console, base, key, logs)
         name, code = supervisor.wait_any()
         console.print(f"[red]{name} exited with code {code}; stopping everything[/]")
@@ -159,19 +172,6 @@ def run_system(settings: Settings, *, host: str, port: int, console: Console) ->
         if embedded:
             stop_embedded(home)
         console.print("stopped")
-
-
-def _create_demo_key(supervisor: Supervisor) -> str:
-    name = f"demo-{int(time.time())}"
-    out = subprocess.run(  # noqa: S603
-        tokenpool_command(
-            "apikey", "create", "--name", name, "--json",
-            "--scopes", "cards:write,cards:read,tokens:detokenize,reservations:write,pools:read,metrics:read",
-        ),
-        env=supervisor.env, capture_output=True, check=True, timeout=60,
-    )
-    key: str = json.loads(out.stdout)["key"]
-    return key
 
 
 def _print_banner(console: Console, base: str, key: str, logs: Path) -> None:

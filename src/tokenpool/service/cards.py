@@ -107,7 +107,7 @@ class CardService:
         except PoolExhausted:
             log.info("card.pool_empty.tome_fallback", program=order.program)
         try:
-            pair = await pair_from_tome(self._tome, self._settings, self._db, order.program)
+            journaled = await pair_from_tome(self._tome, self._settings, self._db, order.program)
         except TomeError as error:
             log.warning("card.pool_empty.tome_down", program=order.program, error=str(error)[:200])
             raise unavailable(
@@ -115,11 +115,11 @@ class CardService:
                 f"Pool {order.program!r} is empty and TOME is unavailable; nothing was written.",
                 _retry_after(error, self._settings.service_retry_after_s),
             ) from error
-        return await self._create_from_tome_pair(order, pair), True
+        return await self._create_from_tome_pair(order, journaled), True
 
     async def _create_routed_to_tome(self, order: CardOrder, *, pool_allowed: bool) -> tuple[Card, bool]:
         try:
-            pair = await pair_from_tome(self._tome, self._settings, self._db, order.program)
+            journaled = await pair_from_tome(self._tome, self._settings, self._db, order.program)
         except TomeError as error:
             if not pool_allowed:  # traffic percent 0 is a rollback: the pool stays out of it
                 raise unavailable(
@@ -135,7 +135,7 @@ class CardService:
                     f"TOME is unavailable and pool {order.program!r} is empty; nothing was written.",
                     _retry_after(error, self._settings.service_retry_after_s),
                 ) from None
-        return await self._create_from_tome_pair(order, pair), True
+        return await self._create_from_tome_pair(order, journaled), True
 
     async def _create_from_pool(self, order: CardOrder) -> Card:
         card_id = uuid.uuid4()
