@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     refill_safety_factor: float = Field(
         default=1.5, ge=1, description="Forecast = consumption rate x refill interval x this factor."
     )
+    refill_forecast_max_factor: float = Field(
+        default=5.0, ge=1,
+        description="The forecast raises the target to at most this many times refill_target (1: never).",
+    )
     refill_sample_min_interval_s: float = Field(
         default=60.0, ge=0, description="At most one consumption sample per pool per this many seconds."
     )

@@ -8,6 +8,7 @@ import uuid
 from collections import Counter
 
 import psycopg
+import pytest
 
 from tests.integration.refill_support import journal_leftovers, pool_tokens, refill_deps, refill_settings
 from tokenpool.refill.job import refill_pool
@@ -40,9 +41,13 @@ async def test_count_adds_exactly_that_many_pairs_whatever_the_target(settings, 
     assert stats.available == 33
 
 
-async def test_the_forecast_raises_the_target_when_consumption_is_high(settings, database_url, tome):
-    # 10 pairs consumed in the last hour = 10/h; x 10 h interval x 1.5 = a forecast of 150 > target 20.
-    config = refill_settings(settings, tome, refill_target=20, refill_interval_s=36_000, refill_batch_size=50)
+@pytest.mark.parametrize(("max_factor", "target"), [(10, 150), (2, 40)])
+async def test_the_forecast_raises_the_target_when_consumption_is_high_up_to_its_cap(settings, database_url, tome,
+                                                                                     max_factor, target):
+    # 10 pairs consumed in the last hour = 10/h; x 10 h interval x 1.5 = a forecast of 150 > target 20,
+    # capped at max_factor x 20.
+    config = refill_settings(settings, tome, refill_target=20, refill_interval_s=36_000, refill_batch_size=50,
+                             refill_forecast_max_factor=max_factor)
     async with refill_deps(config) as deps:
         await refill_pool(deps, POOL)
         for i in range(10):
@@ -56,8 +61,8 @@ async def test_the_forecast_raises_the_target_when_consumption_is_high(settings,
         stats = await deps.store.stats(POOL)
     assert result.plan is not None
     assert round(result.plan.consumption_per_hour or 0) == 10
-    assert (result.target, result.plan.forecast, result.requested) == (150, 150, 140)
-    assert stats.available == 150
+    assert (result.target, result.plan.forecast, result.requested) == (target, 150, target - 10)
+    assert stats.available == target
 
 
 async def test_two_runs_started_at_once_one_refills_and_one_reports_the_holder(settings, tome):

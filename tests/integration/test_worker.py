@@ -32,8 +32,9 @@ async def _until(predicate, timeout_s: float = 15.0, every_s: float = 0.05) -> N
 
 
 async def test_the_worker_refills_at_start_and_again_when_the_pool_drops_below_its_watermark(settings, tome):
+    # Factor 1: 25 claims in about a second forecast ~100,000 pairs/h; this test is about the watermark.
     config = refill_settings(settings, tome, refill_target=40, refill_low_watermark_ratio=0.5, worker_poll_s=0.1,
-                             worker_janitor_interval_s=0.1)
+                             worker_janitor_interval_s=0.1, refill_forecast_max_factor=1)
     async with refill_deps(config) as deps:
         worker = RefillWorker(deps, [POOL])
         running = asyncio.create_task(worker.run())

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from tokenpool.refill.plan import SampleSpan, batch_sizes, consumption_per_hour, forecast, pairs_to_add
+from tokenpool.refill.plan import (
+    SampleSpan,
+    batch_sizes,
+    capped_target,
+    consumption_per_hour,
+    forecast,
+    pairs_to_add,
+)
 
 
 def test_the_consumption_rate_is_the_difference_between_samples_per_hour():
@@ -24,6 +31,14 @@ def test_the_forecast_is_rate_times_interval_times_safety_factor_rounded_up():
     assert forecast(1000.0, 3600.0, 1.5) == 1500
     assert forecast(10.0, 1800.0, 1.01) == 6  # 5.05 -> 6
     assert forecast(None, 3600.0, 1.5) == 0
+
+
+def test_the_forecast_raises_the_target_only_up_to_its_cap():
+    assert capped_target(10_000, 4_000, 5.0) == 10_000  # a quiet forecast never lowers the target
+    assert capped_target(10_000, 30_000, 5.0) == 30_000
+    assert capped_target(10_000, 130_949, 5.0) == 50_000  # a burst's wild forecast is capped
+    assert capped_target(40, 130_949, 1.0) == 40  # factor 1: the forecast never raises it
+    assert capped_target(0, 500, 5.0) == 0
 
 
 def test_pairs_to_add_fills_up_to_the_target_and_never_removes():

@@ -1,7 +1,7 @@
 """``refill_pool``: the one refill routine behind the CLI, the Lambda handler and the worker.
 
 A run: take the pool's lease (or report who holds it) -> finish every batch an earlier run left
-unfinished -> decide how many pairs to add (target = max(configured, forecast), or exactly --count)
+unfinished -> decide how many pairs to add (target = max(configured, capped forecast), or exactly --count)
 -> issue, record, tokenize and load them batch by batch, within the TOME budget -> record the run.
 Crash safety comes from the batch journal (journal.py); see docs/refill.md.
 """
@@ -36,7 +36,7 @@ from tokenpool.refill.consumption import observe
 from tokenpool.refill.journal import RefillJournal, UnfinishedBatch
 from tokenpool.refill.lease import RefillLease, new_holder_id
 from tokenpool.refill.model import LeaseHeld, LeaseLost, Outcome, RefillPlan, RefillResult, Trigger
-from tokenpool.refill.plan import batch_sizes, forecast, pairs_to_add
+from tokenpool.refill.plan import batch_sizes, capped_target, forecast, pairs_to_add
 from tokenpool.refill.ports import RefillTome
 from tokenpool.settings import Settings
 
@@ -180,10 +180,10 @@ class _Run:
         rate = observation.consumption_per_hour
         expected = forecast(rate, self.settings.refill_interval_s, self.settings.refill_safety_factor)
         available = observation.stats.available
-        target = max(self.settings.refill_target, expected)
+        target = capped_target(self.settings.refill_target, expected, self.settings.refill_forecast_max_factor)
         explicit = self.explicit_count is not None
         count = self.explicit_count if self.explicit_count is not None else pairs_to_add(available, target)
-        return RefillPlan(available, self.settings.refill_target, expected, rate, count, explicit)
+        return RefillPlan(available, self.settings.refill_target, expected, rate, count, target, explicit)
 
     async def _new_batch(self, size: int) -> None:
         batch_id = uuid.uuid4()

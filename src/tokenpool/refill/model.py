@@ -35,11 +35,8 @@ class RefillPlan:
     forecast: int  # pairs expected to be consumed before the next refill, with the safety factor
     consumption_per_hour: float | None  # None: not enough samples yet
     count: int  # pairs this run adds (target - available, or exactly --count)
+    target: int  # max(configured, forecast capped at refill_forecast_max_factor x configured)
     explicit: bool = False  # --count N was given
-
-    @property
-    def target(self) -> int:
-        return max(self.configured_target, self.forecast)
 
 
 @dataclass(slots=True)

@@ -33,6 +33,16 @@ def forecast(rate_per_hour: float | None, interval_s: float, safety_factor: floa
     return math.ceil(rate_per_hour * interval_s / 3600.0 * safety_factor)
 
 
+def capped_target(configured: int, expected: int, max_factor: float) -> int:
+    """The fill target: the configured one, raised by the forecast to at most ``max_factor`` x configured.
+
+    The cap exists because a rate measured over a short span (a burst right after a quiet spell) can
+    forecast tens of thousands of pairs for an hour that will not come; one refill then spends TOME on
+    pairs nobody needs for days. A configured target of 0 therefore also disables the forecast.
+    """
+    return max(configured, min(expected, math.floor(configured * max_factor)))
+
+
 def pairs_to_add(available: int, target: int) -> int:
     return max(0, target - available)
 
