@@ -101,3 +101,29 @@ async def test_the_service_starts_while_the_database_is_down_and_serves_once_it_
         assert response.status_code == 201, response.text
     finally:
         await cm.__aexit__(None, None, None)
+
+
+async def test_an_overloaded_service_answers_service_busy_not_database_unavailable_and_stays_ready(
+    database_url, tome
+):
+    # One connection; a table lock makes the first card hold it; the second waits for the pool in vain.
+    async with running_api(database_url, tome, db_pool_min_size=1, db_pool_max_size=1, db_acquire_timeout_s=0.5,
+                           service_db_timeout_s=4.0, service_api_key_cache_ttl_s=60.0) as api:
+        await api.seed(10)
+        headers = await api.headers("cards:write")
+        body = {"program": POOL, "customer_ref": "c"}
+        async with api.client() as client:
+            assert (await client.post("/v1/cards", json=body, headers=headers)).status_code == 201
+            with psycopg.connect(database_url) as blocker:
+                blocker.execute("LOCK TABLE token_pool IN ACCESS EXCLUSIVE MODE")
+                holding = asyncio.create_task(client.post("/v1/cards", json=body, headers=headers))
+                await asyncio.sleep(0.5)
+                busy = await client.post("/v1/cards", json=body, headers=headers)
+                ready = await client.get("/readyz")
+                blocker.rollback()
+            held = await holding
+    assert (busy.status_code, busy.json()["code"]) == (503, "SERVICE_BUSY"), busy.text
+    assert busy.headers["Retry-After"]
+    assert ready.status_code == 200, ready.text  # the database answers: this process is busy, not cut off
+    assert held.status_code == 201, held.text
+    assert api.sql("SELECT count(*) FROM cards") == [(2,)]

@@ -49,10 +49,10 @@ def create_app(settings: Settings, *, database_url: str, tome_factory: TomeFacto
     )
     install_problem_handlers(app, max_refs=settings.service_max_detokenize_refs)
 
-    async def on_database_unavailable(_request: Request, _exc: Exception) -> JSONResponse:
+    async def on_database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, DatabaseUnavailable)  # or ServiceBusy: overload, the database is up
         return problem_response(
-            503, "DATABASE_UNAVAILABLE", "The database is unavailable; retry later.",
-            headers={"Retry-After": str(settings.service_retry_after_s)},
+            503, exc.code, exc.detail, headers={"Retry-After": str(settings.service_retry_after_s)},
         )
 
     async def on_pool_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from tokenpool.db.connection import connection_kwargs
 from tokenpool.db.queries import sql
@@ -33,17 +33,44 @@ log = get_logger("tokenpool.service.database")
 
 class DatabaseUnavailable(Exception):
     code = "DATABASE_UNAVAILABLE"
+    detail = "The database is unavailable; retry later."
+
+
+class ServiceBusy(DatabaseUnavailable):
+    """No pooled connection came free in time while every one was in use and working: overload, not outage.
+
+    A subclass, so every fallback written for an outage (keep the last runtime config, leave a spare pair
+    to the refill) still applies; only the answer's code and the log differ.
+    """
+
+    code = "SERVICE_BUSY"
+    detail = "Every database connection is busy; retry shortly."
+
+
+class CountingPool(AsyncConnectionPool[Conn]):
+    """psycopg's pool, counting the connections handed out (``connection()`` goes through these two)."""
+
+    in_use = 0
+
+    async def getconn(self, timeout: float | None = None) -> Conn:  # noqa: ASYNC109 (psycopg's signature)
+        conn = await super().getconn(timeout)
+        self.in_use += 1
+        return conn
+
+    async def putconn(self, conn: Conn) -> None:
+        self.in_use -= 1
+        await super().putconn(conn)
 
 
 class ServiceDatabase:
-    def __init__(self, pool: ConnPool, timeout_s: float) -> None:
+    def __init__(self, pool: CountingPool, timeout_s: float) -> None:
         self.pool = pool
         self._timeout_s = timeout_s
         self._check: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, url: str, settings: Settings) -> ServiceDatabase:
-        pool: ConnPool = AsyncConnectionPool(
+        pool = CountingPool(
             url,
             min_size=settings.db_pool_min_size,
             max_size=settings.db_pool_max_size,
@@ -63,11 +90,21 @@ class ServiceDatabase:
 
     @asynccontextmanager
     async def guard(self, timeout_s: float | None = None) -> AsyncIterator[None]:
-        """Bounds the block in time and turns every database failure into DatabaseUnavailable."""
+        """Bounds the block in time and turns every database failure into DatabaseUnavailable.
+
+        A timeout while every pooled connection is checked out is ServiceBusy: the database answers,
+        this process has more requests than connections (a burst). A failed connect, or a broken
+        connection with some left idle, is an outage. (A database that hangs every connection at once
+        reads as busy; ``/readyz`` and the connection errors that follow tell the two apart.)
+        """
         try:
             async with asyncio.timeout(timeout_s or self._timeout_s):
                 yield
         except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as error:
+            timed_out = isinstance(error, PoolTimeout | TimeoutError)
+            if timed_out and self.pool.in_use >= self.pool.max_size:
+                log.warning("database.busy", in_use=self.pool.in_use, error_type=type(error).__name__)
+                raise ServiceBusy(type(error).__name__) from error
             self._check_pool_soon()
             log.warning("database.unavailable", error_type=type(error).__name__, error=str(error)[:200])
             raise DatabaseUnavailable(type(error).__name__) from error
@@ -83,9 +120,12 @@ class ServiceDatabase:
             yield conn
 
     async def ping(self, timeout_s: float) -> bool:
+        """Reachable? A saturated pool counts as reachable: its connections are all at work."""
         try:
             async with self.guard(timeout_s), self.pool.connection(timeout=timeout_s) as conn:
                 await conn.execute(sql("ping"))
+        except ServiceBusy:
+            return True
         except DatabaseUnavailable:
             return False
         return True
