@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     tome_backoff_max_s: float = Field(default=2.0, gt=0)
     tome_breaker_failure_threshold: int = Field(default=5, ge=1)
     tome_breaker_ttl_s: float = Field(default=10.0, gt=0, description="Open state length before a probe.")
+    tome_keepalive_s: float = Field(
+        default=4.0, gt=0,
+        description="Idle pooled TOME connections are closed after this; below the server's keep-alive "
+        "(uvicorn: 5 s) so the client never sends on a connection the server is closing.",
+    )
     tome_max_connections: int = Field(default=20, ge=1)
     tome_write_timeout_s: float = Field(default=5.0, gt=0)
     tome_pool_timeout_s: float = Field(default=2.0, gt=0, description="Wait for a pooled HTTP connection.")
@@ -130,6 +135,11 @@ class Settings(BaseSettings):
         default=3.0, gt=0, description="Bound on the database part of one request; beyond it: 503."
     )
     service_readiness_timeout_s: float = Field(default=1.0, gt=0, description="Bound on /readyz's probe.")
+    service_keep_alive_s: float = Field(
+        default=75.0, gt=0,
+        description="Idle HTTP keep-alive. Above the load balancer's idle timeout (AWS ALB: 60 s), so the "
+        "balancer closes idle connections, never the service while a request is on its way in.",
+    )
     service_retry_after_s: int = Field(default=5, ge=1, description="Retry-After sent with a 503.")
     service_max_body_bytes: int = Field(default=512 * 1024, ge=1024, description="Larger bodies: 413.")
     service_max_detokenize_refs: int = Field(default=1_000, ge=1, le=10_000)

@@ -48,6 +48,9 @@ def serve(
         workers=workers,
         access_log=False,  # the service logs every request itself, as JSON with its correlation id
         timeout_graceful_shutdown=10,
+        # uvicorn's default (5 s) is shorter than any balancer's or client pool's idle timeout: a request
+        # sent on a connection the server is just closing is lost, and the client sees a dropped connection.
+        timeout_keep_alive=round(get_settings().service_keep_alive_s),
     )
 
 

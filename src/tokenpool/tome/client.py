@@ -217,6 +217,7 @@ class TomeClient:
             limits=httpx.Limits(
                 max_connections=settings.tome_max_connections,
                 max_keepalive_connections=settings.tome_max_connections,
+                keepalive_expiry=settings.tome_keepalive_s,
             ),
             headers={"User-Agent": "tokenpool-tome-client", "Accept": "application/json"},
         )
