@@ -9,7 +9,7 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,12 +52,12 @@ def service_settings(database_url: str, tome_url: str, **overrides: Any) -> Sett
 class ThreadedServer:
     """uvicorn serving one app from a background thread (its own event loop), over real TCP."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tome_factory: Callable[[], Any] | None = None) -> None:
         self.settings = settings
         self.port = free_port()
         app = create_app(
             settings, database_url=settings.database_url.get_secret_value(),  # type: ignore[union-attr]
-            tome_factory=lambda: TomeClient(settings),
+            tome_factory=tome_factory or (lambda: TomeClient(settings)),
         )
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, access_log=False,
                                 lifespan="on", timeout_graceful_shutdown=2, backlog=2048,
@@ -127,14 +127,16 @@ class Api:
 
 
 @asynccontextmanager
-async def running_api(database_url: str, tome: TomeEmulator, **overrides: Any) -> AsyncIterator[Api]:
+async def running_api(database_url: str, tome: TomeEmulator, *,
+                      tome_factory: Callable[[Settings], Any] | None = None, **overrides: Any) -> AsyncIterator[Api]:
+    """``tome_factory(settings)`` replaces the service's TOME client (tests that wrap it)."""
     settings = service_settings(database_url, tome.url, **overrides)
     # Not open_pool: it waits for the database, and some tests start the service while it is down.
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         database_url, min_size=1, max_size=4, kwargs=connection_kwargs(settings), open=False
     )
     await pool.open(wait=False)
-    server = ThreadedServer(settings)
+    server = ThreadedServer(settings, None if tome_factory is None else lambda: tome_factory(settings))
     await asyncio.to_thread(server.start)
     try:
         yield Api(server.url, database_url, PostgresTokenPool(pool), ApiKeys(pool), tome, server)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 
 from tests.integration import api_harness
 from tests.integration.api_harness import POOL, Api
@@ -11,6 +12,7 @@ from tokenpool import bootstrap
 from tokenpool.pool import PairStatus
 from tokenpool.refill.job import refill_pool
 from tokenpool.settings import Settings
+from tokenpool.tome.client import TomeClient
 
 api = api_harness.api  # the fixture: a running service with its own database
 
@@ -210,3 +212,56 @@ async def test_a_young_tome_fallback_intent_is_left_to_its_request_by_the_refill
         result = await refill_pool(deps, POOL, count=1)
     assert result.recovered == 0
     assert api.sql("SELECT count(*) FROM refill_batches WHERE origin = 'service' AND state = 'intent'") == [(1,)]
+
+
+class _RefillOvertakes:
+    """The service's TOME client, except that between TOME's answer and the store, a refill recovers the
+    request's intent (grace 0): what happens when a request outlives ``refill_service_intent_grace_s``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._client = TomeClient(settings)
+        self.overtaken = 0
+
+    async def __aenter__(self) -> _RefillOvertakes:
+        await self._client.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.aclose()
+
+    async def issue(self, namespace: str, count: int, *, idempotency_key: str | None = None) -> list[str]:
+        return await self._client.issue(namespace, count, idempotency_key=idempotency_key)
+
+    async def tokenize(self, namespace: str, values: Sequence[str]) -> list[str]:
+        refs = await self._client.tokenize(namespace, values)
+        if self.overtaken == 0:
+            self.overtaken += 1
+            refill = self._settings.model_copy(update={"refill_service_intent_grace_s": 0})
+            async with bootstrap.open_refill(refill) as deps:
+                result = await refill_pool(deps, POOL, count=0)
+            assert result.recovered == 1
+        return refs
+
+    async def detokenize(self, namespace: str, tokens: Sequence[str]) -> list[str | None]:
+        return await self._client.detokenize(namespace, tokens)
+
+    def breaker_state(self) -> str:
+        return self._client.breaker_state()
+
+
+async def test_a_request_whose_tome_pair_the_refill_recovered_first_answers_503_and_stores_nothing(
+    database_url, tome
+):
+    async with api_harness.running_api(database_url, tome, tome_factory=_RefillOvertakes) as api, \
+            api.client() as client:
+        headers = await api.headers("cards:write", **{"Idempotency-Key": "slow-order"})
+        body = {"program": POOL, "customer_ref": "c"}
+        late = await client.post("/v1/cards", json=body, headers=headers)
+        assert api.sql("SELECT status, card_ref FROM token_pool") == [("AVAILABLE", None)]
+        retried = await client.post("/v1/cards", json=body, headers=headers)
+    assert (late.status_code, late.json()["code"]) == (503, "TOME_PAIR_RECLAIMED"), late.text
+    assert late.headers["Retry-After"]
+    assert (retried.status_code, retried.json()["token_source"]) == (201, "pool"), retried.text
+    assert api.sql("SELECT count(*) FROM cards") == [(1,)]
+    assert api.sql("SELECT count(*) FROM refill_batches WHERE state <> 'done'") == [(0,)]

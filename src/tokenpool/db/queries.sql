@@ -344,8 +344,16 @@ SELECT internal_token FROM refill_pending_tokens WHERE batch_id = %(batch_id)s O
 -- The batch's pairs are in token_pool (same transaction): its pending tokens are no longer needed.
 DELETE FROM refill_pending_tokens WHERE batch_id = %(batch_id)s;
 
+-- refill_batch_lock_open --
+-- First statement of the transaction that stores a batch's pairs: locks its journal row. No row: the
+-- batch is done already (a card request stored its own TOME-fallback pair first, or the refill did).
+-- Both writers take this row before the pairs' unique index entries, so they never deadlock on them and
+-- exactly one of them stores the pair.
+SELECT 1 FROM refill_batches WHERE batch_id = %(batch_id)s AND state <> 'done' FOR UPDATE;
+
 -- refill_batch_mark_done --
--- issued -> done, in the transaction that loaded the batch's pairs.
+-- issued -> done, in the transaction that loaded the batch's pairs. For a service intent it is the first
+-- statement of the request's storing transaction (row count 0: the refill took the pair meanwhile).
 UPDATE refill_batches SET state = 'done', done_at = now(), done_by = %(run_id)s, added = %(added)s
 WHERE batch_id = %(batch_id)s AND state <> 'done';
 

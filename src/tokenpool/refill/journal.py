@@ -96,9 +96,13 @@ class RefillJournal:
 
         ``fence(conn)`` runs first in the same transaction (the lease renewal): if our lease was taken
         over it raises, and nothing of this batch is written by us (the new holder finishes it).
+        A batch found done meanwhile (a service intent whose request stored its pair after all) adds 0.
         """
         async with self.db.connection() as conn, conn.transaction():
             await fence(conn)
+            if await (await conn.execute(sql("refill_batch_lock_open"), {"batch_id": batch_id})).fetchone() is None:
+                await conn.execute(sql("refill_pending_tokens_delete"), {"batch_id": batch_id})
+                return 0
             added = await copy_pairs(conn, pool, pairs, batch_id)
             await conn.execute(sql("refill_pending_tokens_delete"), {"batch_id": batch_id})
             await conn.execute(sql("refill_batch_mark_done"), {"batch_id": batch_id, "run_id": run_id, "added": added})

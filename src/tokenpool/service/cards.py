@@ -33,7 +33,7 @@ from tokenpool.service.auth import Principal
 from tokenpool.service.database import Conn, DatabaseUnavailable, ServiceDatabase
 from tokenpool.service.problems import ProblemError, unavailable
 from tokenpool.service.runtime_config import RuntimeConfig
-from tokenpool.service.tome_pairs import JournaledPair, close_intent, pair_from_tome
+from tokenpool.service.tome_pairs import JournaledPair, PairReclaimed, close_intent, pair_from_tome, reclaimed_problem
 from tokenpool.service.tome_port import TomePort
 from tokenpool.settings import Settings
 from tokenpool.tome.contract import TomeError
@@ -156,23 +156,27 @@ class CardService:
         try:
             async with self._db.transaction() as conn:
                 await self._claim_key(conn, order, card_id)
+                await close_intent(conn, journaled, card_id)
                 await conn.execute(
                     sql("pair_insert_used"),
                     {"pool": order.program, "internal_token": pair.internal_token,
                      "external_ref": pair.external_ref, "card_id": card_id},
                 )
                 card = await self._insert_card(conn, order, card_id, pair, TokenSource.TOME)
-                await close_intent(conn, journaled, card_id)
         except _KeyTaken:
             # A concurrent retry won; this valid, never-used pair joins the pool rather than being lost
             # (or, if even that fails, stays journaled for the refill to recover).
             try:
                 async with self._db.transaction() as conn:
-                    await copy_pairs(conn, order.program, [pair], journaled.intent_id)
                     await close_intent(conn, journaled, journaled.intent_id)
+                    await copy_pairs(conn, order.program, [pair], journaled.intent_id)
+            except PairReclaimed:
+                pass  # the refill has put it in the pool already
             except DatabaseUnavailable:
                 log.warning("card.spare_pair.left_to_refill", program=order.program)
             raise
+        except PairReclaimed as reclaimed:
+            raise reclaimed_problem(reclaimed, self._settings.service_retry_after_s) from None
         CARDS_CREATED.labels(order.program, TokenSource.TOME.value).inc()
         log.info("card.created", card_id=str(card_id), program=order.program, source=TokenSource.TOME.value)
         return card

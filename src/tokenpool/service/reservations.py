@@ -22,7 +22,7 @@ from tokenpool.pool.errors import PoolExhausted
 from tokenpool.pool.model import Reservation
 from tokenpool.service.database import ServiceDatabase
 from tokenpool.service.problems import unavailable
-from tokenpool.service.tome_pairs import close_intent, pair_from_tome
+from tokenpool.service.tome_pairs import PairReclaimed, close_intent, pair_from_tome, reclaimed_problem
 from tokenpool.service.tome_port import TomePort
 from tokenpool.settings import Settings
 from tokenpool.tome.contract import TomeError
@@ -56,14 +56,17 @@ class ReservationService:
                 self._settings.service_retry_after_s,
             ) from error
         pair = journaled.pair
-        async with self._db.transaction() as conn:
-            cursor = await conn.execute(
-                sql("pair_insert_reserved"),
-                {"pool": program, "internal_token": pair.internal_token, "external_ref": pair.external_ref,
-                 "batch_id": journaled.intent_id, "lease_seconds": self._settings.lease_seconds},
-            )
-            row = await cursor.fetchone()
-            await close_intent(conn, journaled, journaled.intent_id)
+        try:
+            async with self._db.transaction() as conn:
+                await close_intent(conn, journaled, journaled.intent_id)
+                cursor = await conn.execute(
+                    sql("pair_insert_reserved"),
+                    {"pool": program, "internal_token": pair.internal_token, "external_ref": pair.external_ref,
+                     "batch_id": journaled.intent_id, "lease_seconds": self._settings.lease_seconds},
+                )
+                row = await cursor.fetchone()
+        except PairReclaimed as reclaimed:
+            raise reclaimed_problem(reclaimed, self._settings.service_retry_after_s) from None
         assert row is not None
         return Reservation(*row), TokenSource.TOME
 

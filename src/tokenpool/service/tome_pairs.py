@@ -16,6 +16,7 @@ from uuid import UUID
 from tokenpool.db.queries import sql
 from tokenpool.pool.model import TokenPair
 from tokenpool.service.database import Conn, ServiceDatabase
+from tokenpool.service.problems import ProblemError, unavailable
 from tokenpool.service.tome_port import TomePort
 from tokenpool.settings import Settings
 
@@ -37,7 +38,31 @@ async def pair_from_tome(tome: TomePort, settings: Settings, db: ServiceDatabase
     return JournaledPair(TokenPair(internal_token, external_ref), intent_id)
 
 
+class PairReclaimed(Exception):
+    """The refill recovered this intent's pair into the pool first: the request outlived the grace.
+
+    Nothing is lost (the pair is AVAILABLE in the pool) and nothing was stored by the request.
+    """
+
+    code = "TOME_PAIR_RECLAIMED"
+
+
 async def close_intent(conn: Conn, journaled: JournaledPair, stored_by: UUID) -> None:
-    """Marks the intent done; call it inside the transaction that stores the pair."""
+    """Marks the intent done: the FIRST statement of the transaction that stores the pair.
+
+    Its row lock orders the request against a refill recovering the same intent (which locks the row
+    first as well): whoever comes second finds the intent done. For the request that is
+    :class:`PairReclaimed`; storing the pair anyway would break its unique constraint.
+    """
     params = {"batch_id": journaled.intent_id, "run_id": stored_by, "added": 1}
-    await conn.execute(sql("refill_batch_mark_done"), params)
+    cursor = await conn.execute(sql("refill_batch_mark_done"), params)
+    if cursor.rowcount == 0:
+        raise PairReclaimed(str(journaled.intent_id))
+
+
+def reclaimed_problem(reclaimed: PairReclaimed, retry_after_s: float) -> ProblemError:
+    return unavailable(
+        reclaimed.code,
+        "This request outlived the TOME-fallback grace and its pair went to the pool; nothing was stored. Retry.",
+        retry_after_s,
+    )
