@@ -148,6 +148,29 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
 
+    # --- Retention (`tokenpool db prune` and the worker; see docs/pool.md). token_pool is never pruned:
+    # its USED pairs answer detokenize, the others are live or quarantined. Nor is an unfinished batch.
+    retention_idempotency_keys_days: float = Field(
+        default=7.0, ge=1,
+        description="A card's Idempotency-Key is honoured this long (at least 24 h: a client retrying within a day "
+        "always gets its first card); a retry with an older key creates a new card.",
+    )
+    retention_detokenize_audit_days: float = Field(
+        default=400.0, ge=366,
+        description="Detokenize audit rows kept; PCI DSS 10.5.1 asks for at least 12 months (366 days: leap years).",
+    )
+    retention_refill_runs_days: float = Field(default=90.0, ge=1, description="Finished refill runs kept.")
+    retention_refill_batches_days: float = Field(
+        default=90.0, ge=1,
+        description="Done refill batches kept (never less than refill_idempotency_retention_s); unfinished: always.",
+    )
+    retention_chunk_size: int = Field(
+        default=5_000, ge=1, le=100_000, description="Rows per DELETE: each chunk is its own short transaction."
+    )
+    worker_prune_interval_s: float = Field(
+        default=86_400.0, gt=0, description="The worker prunes this often, the first time one interval after start."
+    )
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

@@ -29,8 +29,13 @@ async def test_metrics_show_requests_cards_by_source_pool_level_and_tome_calls_a
     async with api.client() as client:
         await client.post("/v1/cards", json={"program": POOL, "customer_ref": "c"},
                           headers=await api.headers("cards:write"))
+        await client.post("/v1/cards", json={"program": POOL}, headers=await api.headers("cards:write"))
         response = await client.get("/metrics", headers=await api.headers("metrics:read"))
     text = response.text
+    assert 'tokenpool_http_problems_total{code="VALIDATION_ERROR",status="422"}' in text
+    assert 'tokenpool_pool_reservations_total{outcome="reserved",pool="default"}' in text
+    assert 'tokenpool_pool_commits_total{outcome="committed"}' in text
+    assert 'tokenpool_pool_pairs_added_total{pool="default"}' in text
     assert response.status_code == 200
     assert 'tokenpool_http_requests_total{method="POST",route="/v1/cards",status="201"}' in text
     assert "tokenpool_http_request_duration_seconds_bucket" in text

@@ -31,7 +31,7 @@ import tokenpool.tome.client as tome_client_module
 from tokenpool.cards.model import TokenSource
 from tokenpool.entrypoints.cli import app as cli_app
 from tokenpool.pool.model import PairStatus
-from tokenpool.refill.model import Outcome, RefillResult
+from tokenpool.refill.model import Outcome, RefillPlan, RefillResult
 from tokenpool.refill.reporting import emf_documents
 from tokenpool.service.app import create_app
 from tokenpool.service.middleware import UNMATCHED_ROUTE
@@ -327,7 +327,9 @@ def test_the_dashboard_shows_what_operators_asked_for():
 @cache
 def emitted_dimension_sets() -> dict[str, set[frozenset[str]]]:
     """Metric name -> the dimension sets the Lambda publishes it with (EMF: one set per document)."""
-    result = RefillResult(run_id=uuid.uuid4(), pool="p", outcome=Outcome.SUCCEEDED)
+    plan = RefillPlan(available=40, configured_target=100, forecast=0, consumption_per_hour=None, count=60,
+                      target=100)
+    result = RefillResult(run_id=uuid.uuid4(), pool="p", outcome=Outcome.SUCCEEDED, plan=plan)
     counts = {status.value.lower(): 1 for status in PairStatus}  # as lambda_refill._counts builds them
     emitted: dict[str, set[frozenset[str]]] = {}
     for document in emf_documents(result, counts):

@@ -8,7 +8,7 @@ import uuid
 from prometheus_client import REGISTRY
 
 from tokenpool.aws.emf import emit, serialize
-from tokenpool.refill.model import Outcome, RefillResult
+from tokenpool.refill.model import Outcome, RefillPlan, RefillResult
 from tokenpool.refill.reporting import emf_documents
 
 
@@ -26,6 +26,15 @@ def test_every_emf_metric_name_is_a_prometheus_metric_family():
     assert names == {"tokenpool_refill_pairs_added", "tokenpool_refill_tome_requests",
                      "tokenpool_refill_duration_seconds", "tokenpool_refill_runs", "tokenpool_pool_pairs"}
     assert names <= families
+
+
+def test_a_planned_run_also_reports_what_was_left_when_it_started():
+    result = _result()
+    result.plan = RefillPlan(available=40, configured_target=100, forecast=0, consumption_per_hour=None, count=60,
+                             target=100)
+    (drained,) = [d for d in emf_documents(result, None)
+                  if any(m.name == "tokenpool_pool_available_before_refill" for m in d.metrics)]
+    assert (drained.dimensions, drained.metrics[0].value) == ({"pool": "p1"}, 40)
 
 
 def test_each_document_carries_its_dimensions_as_root_members():

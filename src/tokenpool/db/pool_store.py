@@ -16,6 +16,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from tokenpool.db.queries import sql
+from tokenpool.observability.metrics import POOL_COMMITS, POOL_PAIRS_ADDED, POOL_RESERVATIONS
 from tokenpool.pool.errors import (
     LeaseExpired,
     PairConflict,
@@ -64,6 +65,7 @@ async def copy_pairs(conn: Conn, pool: str, pairs: Sequence[TokenPair], batch_id
         row = await cursor.fetchone()
         if row and row[0]:
             raise PairConflict(int(row[0]))
+    POOL_PAIRS_ADDED.labels(pool).inc(added)  # counted before the caller commits: a rollback after is rare
     return added
 
 
@@ -91,6 +93,9 @@ class PostgresTokenPool:
             raise ValueError("n must be at least 1")
         params = {"pool": pool, "n": n, "start": random_claim_start(), "lease_seconds": lease_seconds}
         rows = await self._fetch("reserve", params, conn)
+        POOL_RESERVATIONS.labels(pool, "reserved").inc(len(rows))
+        if len(rows) < n:
+            POOL_RESERVATIONS.labels(pool, "exhausted").inc(n - len(rows))
         return [_reservation(row) for row in rows]
 
     async def commit(self, reservation_id: UUID, card_ref: str, *, conn: Conn | None = None) -> Reservation:
@@ -98,12 +103,16 @@ class PostgresTokenPool:
         params = {"reservation_id": reservation_id, "card_ref": card_ref}
         rows = await self._fetch("commit", params, conn)
         if rows:
+            POOL_COMMITS.labels("committed").inc()
             return _reservation(rows[0])
         state = await self._reservation_state(reservation_id, conn)
         if state["status"] == PairStatus.USED:
             if state["card_ref"] == card_ref:
+                POOL_COMMITS.labels("replayed").inc()
                 return _reservation(state["row"])
+            POOL_COMMITS.labels("conflict").inc()
             raise ReservationConflict(reservation_id, "already committed to another card")
+        POOL_COMMITS.labels("lease_expired").inc()
         raise LeaseExpired(reservation_id)  # EXPIRED, or RESERVED past its lease
 
     async def release(self, reservation_id: UUID, *, conn: Conn | None = None) -> None:

@@ -392,3 +392,103 @@ INSERT INTO pool_alert_state AS s (pool, status) VALUES (%(pool)s, %(status)s)
 ON CONFLICT (pool) DO UPDATE SET status = EXCLUDED.status, changed_at = now()
 WHERE s.status <> EXCLUDED.status
 RETURNING (SELECT status FROM previous) AS previous_status;
+
+-- ===== retention and bloat watch (tokenpool db prune, the worker; docs/pool.md "Retention and bloat") =====
+-- Never token_pool (USED pairs answer detokenize; the other statuses are live or quarantined) and never
+-- an unfinished refill batch (the crash-safety journal). Each delete takes at most %(limit)s rows, the
+-- oldest first through the table's timestamp index, in its own short transaction; the caller repeats
+-- it until a chunk comes back short. Why SKIP LOCKED: two pruners at once (two workers, a worker and
+-- the CLI) share the rows instead of waiting on each other, and neither can deadlock.
+-- Why a CTE and not `key IN (SELECT ... LIMIT n)`: the CTE is evaluated once, so a chunk never deletes
+-- more than its limit (see reserve). DELETE ... USING and SKIP LOCKED work on CockroachDB too.
+
+-- retention_now --
+-- The database's clock: every cutoff of one prune is computed from it once, so a dry run and the
+-- prune that follows it judge rows by the same clock, and the chunks of one prune by the same cutoff.
+SELECT now();
+
+-- retention_count_idempotency_keys --
+-- Idempotency-Keys a prune would delete (dry run).
+SELECT count(*) FROM idempotency_keys WHERE created_at < %(cutoff)s;
+
+-- retention_delete_idempotency_keys --
+-- A chunk of Idempotency-Keys past their retention. Nothing references a key; its card stays.
+WITH doomed AS (
+    SELECT api_key_id, idempotency_key FROM idempotency_keys
+    WHERE created_at < %(cutoff)s
+    ORDER BY created_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM idempotency_keys AS k
+USING doomed
+WHERE k.api_key_id = doomed.api_key_id AND k.idempotency_key = doomed.idempotency_key;
+
+-- retention_count_detokenize_audit --
+-- Detokenize audit rows a prune would delete (dry run).
+SELECT count(*) FROM detokenize_audit WHERE at < %(cutoff)s;
+
+-- retention_delete_detokenize_audit --
+-- A chunk of detokenize audit rows past their retention (at least 12 months: PCI DSS 10.5.1).
+WITH doomed AS (
+    SELECT id FROM detokenize_audit
+    WHERE at < %(cutoff)s
+    ORDER BY at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM detokenize_audit AS a
+USING doomed
+WHERE a.id = doomed.id;
+
+-- retention_count_refill_runs --
+-- Finished refill runs a prune would delete (dry run).
+SELECT count(*) FROM refill_runs WHERE finished_at < %(cutoff)s;
+
+-- retention_delete_refill_runs --
+-- A chunk of finished refill runs past their retention. A run still 'running' (finished_at NULL: in
+-- progress, or the record of a crash) never matches. refill_batches.run_id is no foreign key on purpose.
+WITH doomed AS (
+    SELECT run_id FROM refill_runs
+    WHERE finished_at < %(cutoff)s
+    ORDER BY finished_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM refill_runs AS r
+USING doomed
+WHERE r.run_id = doomed.run_id;
+
+-- retention_count_refill_batches --
+-- Done refill batches a prune would delete (dry run).
+SELECT count(*) FROM refill_batches b
+WHERE b.state = 'done' AND b.done_at < %(cutoff)s
+  AND NOT EXISTS (SELECT 1 FROM refill_pending_tokens p WHERE p.batch_id = b.batch_id);
+
+-- retention_delete_refill_batches --
+-- A chunk of done batches past their retention; an unfinished batch (intent, issued) never matches.
+-- refill_pending_tokens references refill_batches: a done batch's tokens are deleted in the transaction
+-- that marks it done, but a batch that still has any is skipped rather than failing the whole chunk.
+WITH doomed AS (
+    SELECT b.batch_id FROM refill_batches b
+    WHERE b.state = 'done' AND b.done_at < %(cutoff)s
+      AND NOT EXISTS (SELECT 1 FROM refill_pending_tokens p WHERE p.batch_id = b.batch_id)
+    ORDER BY b.done_at
+    LIMIT %(limit)s
+    FOR UPDATE OF b SKIP LOCKED
+)
+DELETE FROM refill_batches AS b
+USING doomed
+WHERE b.batch_id = doomed.batch_id;
+
+-- db_oldest_transaction_age --
+-- Seconds since the oldest open transaction in this database began (0 when none): one transaction left
+-- open holds back every VACUUM, and the claim slows as dead entries pile up (docs/pool.md). Client
+-- backends only: an autovacuum worker's long transaction does not hold vacuum back. Sees other roles'
+-- sessions only with pg_read_all_stats (or pg_monitor); PostgreSQL only (CockroachDB: crdb_internal).
+SELECT coalesce(extract(epoch FROM max(clock_timestamp() - xact_start)), 0)::float8
+FROM pg_stat_activity
+WHERE datname = current_database()
+  AND pid <> pg_backend_pid()
+  AND backend_type = 'client backend'
+  AND xact_start IS NOT NULL;

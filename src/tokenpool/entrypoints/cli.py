@@ -10,9 +10,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from tokenpool import bootstrap
-from tokenpool.db import migrate
+from tokenpool.db import migrate, retention
 from tokenpool.db.embedded import stop_embedded
 from tokenpool.entrypoints import cli_refill, cli_service, tome_emulator_cli
 from tokenpool.pool import PoolStats
@@ -72,6 +73,24 @@ def db_stop() -> None:
     console.print("embedded PostgreSQL stopped" if stopped else "no embedded PostgreSQL was running")
 
 
+@db_app.command("prune")
+def db_prune(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Count what would be deleted; delete nothing.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Delete rows past their retention, in short chunks (never token_pool, never an unfinished refill batch).
+
+    Exit: 0 done, 1 a table could not be pruned (the others were; the reason is printed)."""
+    settings = get_settings()
+    report = asyncio.run(_prune(settings, dry_run))
+    if as_json:
+        typer.echo(json.dumps(report.as_dict()))
+    else:
+        _print_prune(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 @pool_app.command("stats")
 def pool_stats(pool: PoolOption = None, as_json: JsonOption = False) -> None:
     """Counts of pairs by status (cheap at any size: read from trigger-kept counters)."""
@@ -124,6 +143,20 @@ async def _seed(settings: Settings, pool: str, count: int) -> int:
             pairs = synthetic_pairs(min(SEED_CHUNK, count - offset))
             added += await db.store.add_pairs(pool, pairs, uuid.uuid4())
     return added
+
+
+async def _prune(settings: Settings, dry_run: bool) -> retention.PruneReport:
+    async with bootstrap.open_database(settings, max_size=2) as db:
+        return await retention.prune(db.pool, settings, dry_run=dry_run)
+
+
+def _print_prune(report: retention.PruneReport) -> None:
+    rows = "would delete" if report.dry_run else "deleted"
+    table = Table("table", "kept (days)", "cutoff", rows, "error", title="dry run" if report.dry_run else None)
+    for part in report.tables:
+        table.add_row(part.table, f"{part.keep.total_seconds() / 86_400:g}", f"{part.cutoff:%Y-%m-%d %H:%M}",
+                      f"{part.rows:,}", Text(part.error or "", style="red"))
+    console.print(table)
 
 
 def _print_stats(stats: PoolStats) -> None:

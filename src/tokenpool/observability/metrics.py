@@ -11,9 +11,14 @@ from prometheus_client import Counter, Gauge, Histogram
 # --- The pool ---------------------------------------------------------------------------------------
 POOL_PAIRS = Gauge("tokenpool_pool_pairs", "Token pairs in the pool by status.", ["pool", "status"])
 POOL_RESERVATIONS = Counter(
-    "tokenpool_pool_reservations_total", "Reservation attempts by outcome.", ["pool", "outcome"]
+    "tokenpool_pool_reservations_total",
+    "Pairs asked of the claim statement: reserved, or exhausted (the pool had none left). A reservation made "
+    "inside a caller's transaction counts even if that transaction later rolls back.",
+    ["pool", "outcome"],
 )
-POOL_COMMITS = Counter("tokenpool_pool_commits_total", "Commits by outcome.", ["outcome"])
+POOL_COMMITS = Counter(
+    "tokenpool_pool_commits_total", "Commits by outcome: committed, replayed, conflict, lease_expired.", ["outcome"]
+)
 POOL_LEASES_EXPIRED = Counter(
     "tokenpool_pool_leases_expired_total", "Reservations quarantined because their lease lapsed."
 )
@@ -35,6 +40,10 @@ POOL_HEALTH = Gauge(
     "tokenpool_pool_health", "Pool health: 0 OK, 1 LOW, 2 CRITICAL, 3 EMPTY.", ["pool"]
 )
 POOL_HOURS_LEFT = Gauge("tokenpool_pool_hours_left", "Hours of available pairs at the current rate.", ["pool"])
+POOL_AVAILABLE_BEFORE_REFILL = Gauge(
+    "tokenpool_pool_available_before_refill",
+    "Available pairs when the last refill run planned: the pool's low point between scheduled runs.", ["pool"],
+)
 POOL_ALERTS = Counter("tokenpool_pool_alerts", "Health alerts by channel and outcome.", ["channel", "outcome"])
 
 # --- Service (issue 5: owned by the HTTP service; add below this line) -----------------------------
@@ -46,6 +55,10 @@ HTTP_LATENCY = Histogram(
     "tokenpool_http_request_duration_seconds", "HTTP request latency by route template and method.",
     ["route", "method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+HTTP_PROBLEMS = Counter(
+    "tokenpool_http_problems_total", "Problem responses by status and stable code (e.g. 503 SERVICE_BUSY).",
+    ["status", "code"],
 )
 CARDS_CREATED = Counter(
     "tokenpool_cards_created_total", "Cards created, by program and where the token pair came from.",
@@ -95,4 +108,13 @@ TOME_BREAKER_STATE = Gauge(
 )
 TOME_BREAKER_TRANSITIONS = Counter(
     "tokenpool_tome_breaker_transitions_total", "TOME circuit breaker state changes.", ["target", "to_state"]
+)
+
+# --- Database housekeeping: retention and the bloat watch (docs/pool.md, "Retention and bloat") ---------
+ROWS_PRUNED = Counter(
+    "tokenpool_rows_pruned_total", "Rows deleted by retention (tokenpool db prune, the worker), by table.", ["table"]
+)
+DB_OLDEST_TRANSACTION = Gauge(
+    "tokenpool_db_oldest_transaction_seconds",
+    "Age of the oldest open transaction in the database (its snapshot holds back VACUUM); alarm above 60 s.",
 )

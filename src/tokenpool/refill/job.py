@@ -24,6 +24,7 @@ from tokenpool.db.pool_store import PostgresTokenPool
 from tokenpool.observability.logging import get_logger
 from tokenpool.observability.masking import mask_text
 from tokenpool.observability.metrics import (
+    POOL_AVAILABLE_BEFORE_REFILL,
     POOL_PAIRS,
     REFILL_DURATION,
     REFILL_PAIRS_ADDED,
@@ -243,6 +244,8 @@ class _Run:
         REFILL_DURATION.labels(self.pool).observe(self.result.duration_s)
         REFILL_PAIRS_ADDED.labels(self.pool).inc(self.result.added)
         REFILL_TOME_REQUESTS.labels(self.pool).inc(self.result.tome_requests)
+        if self.result.plan is not None:
+            POOL_AVAILABLE_BEFORE_REFILL.labels(self.pool).set(self.result.plan.available)
 
 
 def _first_error(errors: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -22,6 +22,11 @@ def emf_documents(result: RefillResult, pool_counts: dict[str, int] | None) -> l
         MetricDocument({"pool": result.pool, "outcome": result.outcome.value},
                        [Metric("tokenpool_refill_runs", 1)], props),
     ]
+    if result.plan is not None:
+        # The low point of the pool between two scheduled runs: the counts below are taken after the
+        # refill, and so are at the target unless it failed. An hourly Lambda sees no other low point.
+        documents.append(MetricDocument({"pool": result.pool},
+                                        [Metric("tokenpool_pool_available_before_refill", result.plan.available)]))
     for status, count in (pool_counts or {}).items():
         documents.append(
             MetricDocument({"pool": result.pool, "status": status}, [Metric("tokenpool_pool_pairs", count)])

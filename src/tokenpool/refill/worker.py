@@ -1,5 +1,6 @@
-"""The long-running refill worker: scheduled refills, low-watermark refills, health alerts and the
-reservation lease janitor, until asked to stop.
+"""The long-running refill worker: scheduled refills, low-watermark refills, health alerts, the
+reservation lease janitor (which also publishes the oldest open transaction's age) and the daily
+retention prune, until asked to stop.
 
 Low watermark by short poll, not LISTEN/NOTIFY: the poll reads the trigger-kept counters (a few dozen
 rows) every ``worker_poll_s``, costs nothing measurable, needs no change on the claim path and works
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import time
 
+from tokenpool.db.retention import prune, publish_oldest_transaction_age
 from tokenpool.observability.logging import get_logger
 from tokenpool.observability.metrics import POOL_LEASES_EXPIRED
 from tokenpool.refill.alerts import Alerter
@@ -48,6 +50,7 @@ class RefillWorker:
         async with asyncio.TaskGroup() as group:
             group.create_task(self._janitor())
             group.create_task(self._refiller())
+            group.create_task(self._pruner())
         log.info("worker.stopped")
 
     async def _sleep(self, seconds: float) -> None:
@@ -63,7 +66,23 @@ class RefillWorker:
                     log.info("worker.leases_expired", count=expired)
             except Exception as exc:
                 log.warning("worker.janitor_failed", error=f"{type(exc).__name__}: {exc}")
+            try:
+                await publish_oldest_transaction_age(self.deps.db)
+            except Exception as exc:
+                log.warning("worker.oldest_transaction_failed", error=f"{type(exc).__name__}: {exc}")
             await self._sleep(self.settings.worker_janitor_interval_s)
+
+    async def _pruner(self) -> None:
+        # The first prune comes one interval after start, not at start: a worker restarted in a loop
+        # must not prune in a loop, and a starting worker's first refill gets the database to itself.
+        while not self.stop.is_set():
+            await self._sleep(self.settings.worker_prune_interval_s)
+            if self.stop.is_set():
+                return
+            try:
+                await prune(self.deps.db, self.settings, stop=self.stop)
+            except Exception as exc:  # the database is down: keep the worker up, prune next interval
+                log.warning("worker.prune_failed", error=f"{type(exc).__name__}: {exc}")
 
     async def _refiller(self) -> None:
         while not self.stop.is_set():

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tokenpool.observability.logging import get_logger
+from tokenpool.observability.metrics import HTTP_PROBLEMS
 from tokenpool.service.correlation import current_correlation_id
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -55,6 +56,7 @@ def problem_response(
     status: int, code: str, detail: str, *, headers: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> JSONResponse:
+    HTTP_PROBLEMS.labels(str(status), code).inc()
     correlation_id = current_correlation_id()
     body: dict[str, Any] = {
         "type": TYPE_BASE + code.lower().replace("_", "-"),
