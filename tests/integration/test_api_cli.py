@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import httpx
 import pytest
+import structlog
 import typer
 from typer.testing import CliRunner
 
@@ -20,14 +22,18 @@ api = api_harness.api  # the fixture: a running service with its own database
 
 @pytest.fixture
 def cli(api: Api, monkeypatch):
-    """The CLI in this process. The service under test also runs in this process (a thread) and logs to
-    stderr, which CliRunner captures too: parse stdout, where the JSON goes, never the mixed output."""
+    """The CLI in this process. The service under test also runs in this process (a thread) and logs; a
+    log line it writes while CliRunner has swapped sys.stdout would land in the command's output (seen
+    once in CI). Its logs go to the real stderr meanwhile; parse stdout, where the JSON goes."""
     monkeypatch.setenv("TOKENPOOL_DATABASE_URL", api.database_url)
     get_settings.cache_clear()
+    saved_logging = structlog.get_config()
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.__stderr__))
     app = typer.Typer()
     register(app)
     runner = CliRunner()
     yield lambda *args: runner.invoke(app, list(args))
+    structlog.configure(**saved_logging)
     get_settings.cache_clear()
 
 
