@@ -10,10 +10,12 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 
 import httpx
 import psycopg
 
+from tests.factories import make_pairs
 from tests.fixtures.tome import free_port
 from tests.integration.refill_support import cli, env_for, journal_leftovers, refill_deps, refill_settings
 from tokenpool.pool.model import PairStatus
@@ -58,6 +60,35 @@ async def test_the_worker_refills_at_start_and_again_when_the_pool_drops_below_i
     assert worker.runs[0] == (POOL, Trigger.SCHEDULE, Outcome.SUCCEEDED)
     assert (POOL, Trigger.WATERMARK, Outcome.SUCCEEDED) in worker.runs
     assert len([run for run in worker.runs if run[1] is Trigger.SCHEDULE]) == 1  # hourly: once so far
+
+
+async def test_a_worker_that_finds_the_lease_held_retries_its_scheduled_run_once_the_lease_could_lapse(
+    settings, database_url, tome
+):
+    # A runner that crashed a moment ago left its lease; the pool is above the watermark, so only the
+    # scheduled run would fill it. Retrying at the next schedule would leave it (and the dead run's
+    # journal) for an hour.
+    config = refill_settings(settings, tome, refill_target=40, refill_low_watermark_ratio=0.5, worker_poll_s=0.1,
+                             refill_lease_ttl_s=1.0, refill_interval_s=3_600, refill_forecast_max_factor=1)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO refill_leases (pool, holder, expires_at) "
+                     "VALUES (%s, 'dead-host:1:x', now() + interval '1.5 seconds')", (POOL,))
+    async with refill_deps(config) as deps:
+        await deps.store.add_pairs(POOL, make_pairs(30), uuid.uuid4())
+        worker = RefillWorker(deps, [POOL])
+        running = asyncio.create_task(worker.run())
+        try:
+            async def full() -> bool:
+                return (await deps.store.stats(POOL)).available == 40
+
+            await _until(full, timeout_s=10)
+        finally:
+            worker.stop.set()
+            await asyncio.wait_for(running, timeout=10)
+    outcomes = [outcome for _, trigger, outcome in worker.runs if trigger is Trigger.SCHEDULE]
+    assert outcomes[0] is Outcome.SKIPPED_LEASE_HELD
+    assert outcomes[-1] is Outcome.SUCCEEDED
+    assert len(outcomes) <= 3, "a held lease is retried once per lease TTL, not once per poll"
 
 
 async def test_the_worker_janitor_expires_lapsed_reservations(settings, tome):

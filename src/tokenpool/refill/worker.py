@@ -114,7 +114,16 @@ class RefillWorker:
         self.runs.append((pool, trigger, result.outcome))
         if trigger is Trigger.SCHEDULE:
             self._next_scheduled[pool] = now + self.settings.refill_interval_s
-        if result.outcome in (Outcome.FAILED, Outcome.LEASE_LOST):
+        if result.outcome is Outcome.SKIPPED_LEASE_HELD:
+            # Another runner holds the lease: alive (the CLI, a Lambda, a second worker), or crashed with a
+            # lease not lapsed yet. Try again once it could have lapsed, for a scheduled run too: a worker
+            # restarted after a crash then finishes the dead run's journal within one lease TTL, not at the
+            # next scheduled run an hour later; and a live holder costs one skipped run per TTL, not per poll.
+            retry_at = now + self.settings.refill_lease_ttl_s
+            if trigger is Trigger.SCHEDULE:
+                self._next_scheduled[pool] = retry_at
+            self._not_before[pool] = retry_at
+        elif result.outcome in (Outcome.FAILED, Outcome.LEASE_LOST):
             # Back off (5 s, 10 s, ... up to the refill interval) so a TOME outage is not hammered.
             self._failures[pool] += 1
             delay = min(_FIRST_RETRY_S * 2 ** (self._failures[pool] - 1), self.settings.refill_interval_s)
