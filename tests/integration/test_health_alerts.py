@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import uuid
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from typing import Any
 import boto3
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.factories import make_pairs
 from tests.fixtures.moto import running_moto_server
@@ -96,6 +98,7 @@ async def test_health_reads_ok_low_critical_and_empty_from_the_share_of_the_targ
     assert health.status is expected
     assert health.available == available
     assert health.hours_left is None  # no consumption measured yet
+    assert REGISTRY.get_sample_value("tokenpool_pool_hours_left", {"pool": POOL}) == math.inf  # never stale
 
 
 async def test_few_hours_left_at_the_current_rate_reads_low_even_with_a_large_share(

@@ -13,6 +13,7 @@ Thresholds (settings, see docs/refill.md):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -110,6 +111,7 @@ async def check_pool_health(store: PostgresTokenPool, journal: RefillJournal, se
     for pair_status in PairStatus:
         POOL_PAIRS.labels(pool, pair_status.value.lower()).set(stats.count(pair_status))
     POOL_HEALTH.labels(pool).set(status.severity)
-    if health.hours_left is not None:
-        POOL_HOURS_LEFT.labels(pool).set(health.hours_left)
+    # No measurable consumption: unbounded. Leaving the last value would keep a stale "2 h left" (and an
+    # alert on it) after consumption stopped.
+    POOL_HOURS_LEFT.labels(pool).set(math.inf if health.hours_left is None else health.hours_left)
     return health
