@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-pytest_plugins = ["tests.fixtures.database", "tests.fixtures.tome", "tests.fixtures.moto"]
+pytest_plugins = ["tests.fixtures.database", "tests.fixtures.tome", "tests.fixtures.moto", "tests.fixtures.webhook"]
 
 
 @pytest.fixture(autouse=True)

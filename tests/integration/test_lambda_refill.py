@@ -9,16 +9,20 @@ a member of the root object (dimensions strings, metrics numbers).
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
+import psycopg
 import pytest
 import structlog
 
+from tests.fixtures.tome import FAST_TOME_SETTINGS
 from tests.integration.refill_support import pool_tokens, refill_settings
+from tokenpool.db.queries import sql
 from tokenpool.entrypoints import lambda_refill
 from tokenpool.settings import get_settings
 
@@ -193,3 +197,31 @@ def test_an_invocation_near_its_deadline_starts_no_batch_and_reports_stopped(lam
     capsys.readouterr()
     assert (result["outcome"], result["added"]) == ("stopped", 0)
     assert pool_tokens(database_url, "default") == []
+
+
+def test_an_invocation_also_quarantines_lapsed_reservations_and_alerts_when_it_cannot_fill(
+    lambda_env, database_url, tome, webhook, monkeypatch, capsys
+):
+    # A Lambda-only deployment has no worker: the invocation does its janitor and health duties too.
+    url, received = webhook
+    monkeypatch.setenv("TOKENPOOL_ALERT_WEBHOOK_URL", url)
+    for name, value in FAST_TOME_SETTINGS.items():
+        monkeypatch.setenv(f"TOKENPOOL_{name.upper()}", str(value))
+    get_settings.cache_clear()
+    first = lambda_refill.handler(SCHEDULED_EVENT, LambdaContext())
+    assert (first["outcome"], first["health"]) == ("succeeded", "OK")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        claim = {"pool": "default", "start": 0}
+        conn.execute(sql("reserve"), {**claim, "n": 2, "lease_seconds": 0.01})  # lapse at once
+        conn.execute(sql("reserve"), {**claim, "n": 28, "lease_seconds": 600})  # the pool is empty now
+    time.sleep(0.05)
+    tome.set_faults(outage=True)
+
+    second = lambda_refill.handler(SCHEDULED_EVENT, LambdaContext())
+    capsys.readouterr()
+
+    assert (second["outcome"], second["health"]) == ("failed", "EMPTY")
+    assert [alert["status"] for alert in received] == ["EMPTY"]
+    with psycopg.connect(database_url) as conn:
+        statuses = dict(conn.execute("SELECT status, count(*) FROM token_pool GROUP BY status").fetchall())
+    assert statuses == {"EXPIRED": 2, "RESERVED": 28}

@@ -9,6 +9,11 @@ each connection before handing it out, since a frozen container's connection may
 The event: the EventBridge scheduled event (``detail`` is ``{}``); a rule with a constant input may
 pass ``{"pool": "...", "count": N}`` at the top level or in ``detail``. Logs are JSON lines on
 stderr; metrics are EMF lines on stdout (CloudWatch Logs turns them into metrics).
+
+A deployment may run the Lambda and no worker, so each invocation also does the worker's other duties
+for its pool, best effort (a failure is logged, never fails the invocation): it quarantines lapsed
+reservations before the refill, and after it checks the pool's health and alerts on a change
+(``TOKENPOOL_ALERT_SNS_TOPIC_ARN`` / ``TOKENPOOL_ALERT_WEBHOOK_URL``), e.g. a refill that could not fill.
 """
 
 from __future__ import annotations
@@ -21,8 +26,12 @@ import structlog
 from tokenpool import bootstrap
 from tokenpool.aws.emf import emit
 from tokenpool.observability.logging import configure_logging, get_logger
+from tokenpool.observability.metrics import POOL_LEASES_EXPIRED
 from tokenpool.pool.model import PairStatus
+from tokenpool.refill.alerts import Alerter
+from tokenpool.refill.health import check_pool_health
 from tokenpool.refill.job import RefillDeps, refill_pool
+from tokenpool.refill.journal import RefillJournal
 from tokenpool.refill.model import Trigger
 from tokenpool.refill.reporting import emf_documents
 from tokenpool.settings import Settings, get_settings
@@ -36,6 +45,7 @@ DEADLINE_MARGIN_S = 10.0
 
 _loop: asyncio.AbstractEventLoop | None = None
 _resources: tuple[RefillDeps, TomeClient] | None = None
+_alerter: Alerter | None = None
 _logging_configured = False
 
 
@@ -65,13 +75,16 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if remaining_ms is not None:
         timer = loop.call_later(max(0.0, remaining_ms / 1000 - DEADLINE_MARGIN_S), stop.set)
     try:
+        loop.run_until_complete(_expire_lapsed_leases(deps))
         result = loop.run_until_complete(refill_pool(deps, pool, count=count, trigger=Trigger.LAMBDA, stop=stop))
     finally:
         if timer is not None:
             timer.cancel()
     counts = loop.run_until_complete(_counts(deps, pool))
     emit(settings.emf_namespace, emf_documents(result, counts))
-    return result.as_dict()
+    summary = result.as_dict()
+    summary["health"] = loop.run_until_complete(_check_health(deps, settings, pool))
+    return summary
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
@@ -90,6 +103,32 @@ async def _deps(settings: Settings) -> RefillDeps:
     return _resources[0]
 
 
+async def _expire_lapsed_leases(deps: RefillDeps) -> None:
+    try:
+        expired = await deps.store.expire_leases()
+    except Exception as exc:
+        log.warning("lambda.expire_leases_failed", error=f"{type(exc).__name__}: {exc}")
+        return
+    if expired:
+        POOL_LEASES_EXPIRED.inc(expired)
+        log.info("lambda.leases_expired", count=expired)
+
+
+async def _check_health(deps: RefillDeps, settings: Settings, pool: str) -> str | None:
+    """The pool's health after the run (OK unless the refill could not fill), alerting on a change."""
+    global _alerter
+    try:
+        health = await check_pool_health(deps.store, RefillJournal(deps.db), settings, pool)
+        if settings.alert_sns_topic_arn or settings.alert_webhook_url:
+            if _alerter is None:
+                _alerter = Alerter(settings)
+            await _alerter.on_health(deps.db, health)
+    except Exception as exc:
+        log.warning("lambda.health_check_failed", pool=pool, error=f"{type(exc).__name__}: {exc}")
+        return None
+    return health.status.value
+
+
 async def _counts(deps: RefillDeps, pool: str) -> dict[str, int] | None:
     try:
         stats = await deps.store.stats(pool)
@@ -106,7 +145,10 @@ def _remaining_ms(context: Any) -> float | None:
 
 async def close_resources() -> None:
     """Closes the cached pool and client (tests; Lambda simply discards the container)."""
-    global _resources
+    global _resources, _alerter
+    if _alerter is not None:
+        await _alerter.aclose()
+        _alerter = None
     if _resources is not None:
         deps, client = _resources
         _resources = None
