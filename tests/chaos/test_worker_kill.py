@@ -6,9 +6,8 @@ once: it must leave the dead runner's lease alone until it lapses (``refill_leas
 the dead run's batches and fill the pool to its target, while cards keep coming from the pool. The
 lease is longer than the suite's (6 s, not 2 s) so that the new process, up in 1-2 s, finds it held.
 
-The pool stays below the worker's low watermark until that refill lands, so a new worker that finds
-the lease still held tries again at every poll. (A scheduled run skipped because the lease was held is
-retried only at the next ``refill_interval_s``: above the watermark the recovery would wait for that.)
+A new worker that finds the lease still held tries again one lease TTL later (scheduled and watermark
+runs alike); the journal is finished once the dead runner's lease has lapsed.
 """
 
 from __future__ import annotations

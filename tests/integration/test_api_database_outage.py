@@ -32,6 +32,15 @@ def database_down(pg_server_url: str, database_url: str) -> Iterator[None]:
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
 
 
+async def _until_a_statement_waits_on_a_lock(database_url: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while not conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                               "AND datname = current_database()").fetchone()[0]:  # type: ignore[index]
+            assert time.monotonic() < deadline, "no statement ever waited on the lock"
+            await asyncio.sleep(0.05)
+
+
 async def _wait_ready(api: Api) -> float:
     started = time.monotonic()
     async with api.client() as client:
@@ -117,7 +126,7 @@ async def test_an_overloaded_service_answers_service_busy_not_database_unavailab
             with psycopg.connect(database_url) as blocker:
                 blocker.execute("LOCK TABLE token_pool IN ACCESS EXCLUSIVE MODE")
                 holding = asyncio.create_task(client.post("/v1/cards", json=body, headers=headers))
-                await asyncio.sleep(0.5)
+                await _until_a_statement_waits_on_a_lock(database_url)  # it holds the only connection now
                 busy = await client.post("/v1/cards", json=body, headers=headers)
                 ready = await client.get("/readyz")
                 blocker.rollback()

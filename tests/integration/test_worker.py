@@ -45,8 +45,9 @@ async def test_the_worker_refills_at_start_and_again_when_the_pool_drops_below_i
                 return (await deps.store.stats(POOL)).available == 40
 
             await _until(full)
-            for i in range(25):  # 15 left < watermark 20
-                reservation = await deps.store.reserve(POOL, 30)
+            # 15 left < watermark 20, in one statement: claimed one by one, the worker could refill at 18
+            # and the last claims leave it at 37, above the watermark and short of full for good.
+            for i, reservation in enumerate(await deps.store.reserve_many(POOL, 25, 30)):
                 await deps.store.commit(reservation.reservation_id, f"card-{i}")
 
             async def refilled_by_watermark() -> bool:
@@ -70,11 +71,11 @@ async def test_a_worker_that_finds_the_lease_held_retries_its_scheduled_run_once
     # journal) for an hour.
     config = refill_settings(settings, tome, refill_target=40, refill_low_watermark_ratio=0.5, worker_poll_s=0.1,
                              refill_lease_ttl_s=1.0, refill_interval_s=3_600, refill_forecast_max_factor=1)
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("INSERT INTO refill_leases (pool, holder, expires_at) "
-                     "VALUES (%s, 'dead-host:1:x', now() + interval '1.5 seconds')", (POOL,))
     async with refill_deps(config) as deps:
         await deps.store.add_pairs(POOL, make_pairs(30), uuid.uuid4())
+        with psycopg.connect(database_url, autocommit=True) as conn:  # just before the worker starts
+            conn.execute("INSERT INTO refill_leases (pool, holder, expires_at) "
+                         "VALUES (%s, 'dead-host:1:x', now() + interval '2 seconds')", (POOL,))
         worker = RefillWorker(deps, [POOL])
         running = asyncio.create_task(worker.run())
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Annotated, Any
 
 import typer
@@ -50,7 +51,7 @@ def serve(
         timeout_graceful_shutdown=10,
         # uvicorn's default (5 s) is shorter than any balancer's or client pool's idle timeout: a request
         # sent on a connection the server is just closing is lost, and the client sees a dropped connection.
-        timeout_keep_alive=round(get_settings().service_keep_alive_s),
+        timeout_keep_alive=max(1, math.ceil(get_settings().service_keep_alive_s)),
     )
 
 

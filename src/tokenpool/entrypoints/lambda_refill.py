@@ -42,6 +42,8 @@ log = get_logger(__name__)
 # Stop starting new batches this long before Lambda's own timeout, so the run ends recorded and
 # its lease released instead of being frozen mid-batch (which is safe, but leaves the lease to lapse).
 DEADLINE_MARGIN_S = 10.0
+# The health check after the run must end this long before Lambda's timeout.
+HEALTH_CHECK_MARGIN_S = 2.0
 
 _loop: asyncio.AbstractEventLoop | None = None
 _resources: tuple[RefillDeps, TomeClient] | None = None
@@ -83,7 +85,9 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     counts = loop.run_until_complete(_counts(deps, pool))
     emit(settings.emf_namespace, emf_documents(result, counts))
     summary = result.as_dict()
-    summary["health"] = loop.run_until_complete(_check_health(deps, settings, pool))
+    remaining_ms = _remaining_ms(context)
+    budget_s = None if remaining_ms is None else remaining_ms / 1000 - HEALTH_CHECK_MARGIN_S
+    summary["health"] = loop.run_until_complete(_check_health(deps, settings, pool, budget_s))
     return summary
 
 
@@ -114,15 +118,23 @@ async def _expire_lapsed_leases(deps: RefillDeps) -> None:
         log.info("lambda.leases_expired", count=expired)
 
 
-async def _check_health(deps: RefillDeps, settings: Settings, pool: str) -> str | None:
-    """The pool's health after the run (OK unless the refill could not fill), alerting on a change."""
+async def _check_health(deps: RefillDeps, settings: Settings, pool: str, budget_s: float | None) -> str | None:
+    """The pool's health after the run (OK unless the refill could not fill), alerting on a change.
+
+    Bounded by what is left of the invocation: Lambda killing it mid-send would fail the invocation
+    (EventBridge retries it) after the new state was recorded, and the alert would never go out.
+    """
     global _alerter
+    if budget_s is not None and budget_s < 1.0:
+        log.warning("lambda.health_check_skipped", pool=pool, reason="the invocation's deadline is too close")
+        return None
     try:
-        health = await check_pool_health(deps.store, RefillJournal(deps.db), settings, pool)
-        if settings.alert_sns_topic_arn or settings.alert_webhook_url:
-            if _alerter is None:
-                _alerter = Alerter(settings)
-            await _alerter.on_health(deps.db, health)
+        async with asyncio.timeout(budget_s):
+            health = await check_pool_health(deps.store, RefillJournal(deps.db), settings, pool)
+            if settings.alert_sns_topic_arn or settings.alert_webhook_url:
+                if _alerter is None:
+                    _alerter = Alerter(settings)
+                await _alerter.on_health(deps.db, health)
     except Exception as exc:
         log.warning("lambda.health_check_failed", pool=pool, error=f"{type(exc).__name__}: {exc}")
         return None

@@ -98,8 +98,13 @@ class PoolHealth:
 
 
 async def check_pool_health(store: PostgresTokenPool, journal: RefillJournal, settings: Settings,
-                            pool: str) -> PoolHealth:
-    """Reads the cheap counters (and records a consumption sample); never scans token_pool."""
+                            pool: str, *, publish: bool = True) -> PoolHealth:
+    """Reads the cheap counters (and records a consumption sample); never scans token_pool.
+
+    ``publish`` sets the process's health gauges. The API answers ``GET /v1/pools/{p}`` with
+    ``publish=False``: it checks on demand, not on a schedule, and a gauge it set once would be scraped
+    unchanged for the life of the process (a CRITICAL long gone, still alerting).
+    """
     observation = await observe(store, journal, settings, pool)
     stats = observation.stats
     rate = observation.consumption_per_hour
@@ -108,6 +113,8 @@ async def check_pool_health(store: PostgresTokenPool, journal: RefillJournal, se
     status = classify(stats.available, target, rate, Thresholds.from_settings(settings))
     counts = {s.value.lower(): stats.count(s) for s in PairStatus} | {"total": stats.total}
     health = PoolHealth(pool, status, target, counts, rate, hours_left(stats.available, rate))
+    if not publish:
+        return health
     for pair_status in PairStatus:
         POOL_PAIRS.labels(pool, pair_status.value.lower()).set(stats.count(pair_status))
     POOL_HEALTH.labels(pool).set(status.severity)

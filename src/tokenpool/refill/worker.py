@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 
 from tokenpool.db.retention import prune, publish_oldest_transaction_age
 from tokenpool.observability.logging import get_logger
-from tokenpool.observability.metrics import POOL_LEASES_EXPIRED
+from tokenpool.observability.metrics import DB_OLDEST_TRANSACTION, POOL_LEASES_EXPIRED
 from tokenpool.refill.alerts import Alerter
 from tokenpool.refill.health import check_pool_health
 from tokenpool.refill.job import RefillDeps, refill_pool
 from tokenpool.refill.journal import RefillJournal
 from tokenpool.refill.model import Outcome, Trigger
+
+FIRST_PRUNE_DELAY_S = 900.0
 
 log = get_logger(__name__)
 
@@ -69,14 +72,18 @@ class RefillWorker:
             try:
                 await publish_oldest_transaction_age(self.deps.db)
             except Exception as exc:
+                DB_OLDEST_TRANSACTION.set(math.nan)  # unknown, not the last value seen
                 log.warning("worker.oldest_transaction_failed", error=f"{type(exc).__name__}: {exc}")
             await self._sleep(self.settings.worker_janitor_interval_s)
 
     async def _pruner(self) -> None:
-        # The first prune comes one interval after start, not at start: a worker restarted in a loop
-        # must not prune in a loop, and a starting worker's first refill gets the database to itself.
+        # The first prune comes a while after start, not at start: a worker restarted in a loop must not
+        # prune in a loop, and a starting worker's first refill gets the database to itself. At most
+        # FIRST_PRUNE_DELAY_S, though: a worker redeployed daily would otherwise never reach a 24 h interval.
+        delay = min(self.settings.worker_prune_interval_s, FIRST_PRUNE_DELAY_S)
         while not self.stop.is_set():
-            await self._sleep(self.settings.worker_prune_interval_s)
+            await self._sleep(delay)
+            delay = self.settings.worker_prune_interval_s
             if self.stop.is_set():
                 return
             try:

@@ -8,11 +8,14 @@ by itself when it returns, without a restart.
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import psycopg
 from psycopg import AsyncConnection
+from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -37,7 +40,7 @@ class DatabaseUnavailable(Exception):
 
 
 class ServiceBusy(DatabaseUnavailable):
-    """No pooled connection came free in time while every one was in use and working: overload, not outage.
+    """A timeout while the database still answers other requests: overload (or a slow statement), not outage.
 
     A subclass, so every fallback written for an outage (keep the last runtime config, leave a spare pair
     to the refill) still applies; only the answer's code and the log differ.
@@ -48,9 +51,15 @@ class ServiceBusy(DatabaseUnavailable):
 
 
 class CountingPool(AsyncConnectionPool[Conn]):
-    """psycopg's pool, counting the connections handed out (``connection()`` goes through these two)."""
+    """psycopg's pool, counting the connections handed out and noting when one last came back healthy.
+
+    ``connection()`` goes through ``getconn``/``putconn``. A connection returned idle (its work done, no
+    transaction open) is proof the database answered; one returned mid-statement (a timeout cancelled
+    its request) is not.
+    """
 
     in_use = 0
+    last_healthy_return = -math.inf  # time.monotonic()
 
     async def getconn(self, timeout: float | None = None) -> Conn:  # noqa: ASYNC109 (psycopg's signature)
         conn = await super().getconn(timeout)
@@ -59,7 +68,12 @@ class CountingPool(AsyncConnectionPool[Conn]):
 
     async def putconn(self, conn: Conn) -> None:
         self.in_use -= 1
+        if not conn.closed and conn.info.transaction_status is TransactionStatus.IDLE:
+            self.last_healthy_return = time.monotonic()
         await super().putconn(conn)
+
+    def answered_within(self, seconds: float) -> bool:
+        return time.monotonic() - self.last_healthy_return <= seconds
 
 
 class ServiceDatabase:
@@ -92,22 +106,31 @@ class ServiceDatabase:
     async def guard(self, timeout_s: float | None = None) -> AsyncIterator[None]:
         """Bounds the block in time and turns every database failure into DatabaseUnavailable.
 
-        A timeout while every pooled connection is checked out is ServiceBusy: the database answers,
-        this process has more requests than connections (a burst). A failed connect, or a broken
-        connection with some left idle, is an outage. (A database that hangs every connection at once
-        reads as busy; ``/readyz`` and the connection errors that follow tell the two apart.)
+        A timeout while the database is still answering other requests (a connection came back healthy
+        within the bound) is ServiceBusy: overload, e.g. a burst with more requests than connections, or
+        a slow statement. A timeout with nothing answered for the whole bound (a hung or partitioned
+        database), a failed connect, a broken connection, or a pool wait with connections left to open
+        (the pool cannot open them) is an outage.
         """
+        limit_s = timeout_s or self._timeout_s
         try:
-            async with asyncio.timeout(timeout_s or self._timeout_s):
+            async with asyncio.timeout(limit_s):
                 yield
         except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as error:
-            timed_out = isinstance(error, PoolTimeout | TimeoutError)
-            if timed_out and self.pool.in_use >= self.pool.max_size:
+            if self._busy(error):
                 log.warning("database.busy", in_use=self.pool.in_use, error_type=type(error).__name__)
                 raise ServiceBusy(type(error).__name__) from error
-            self._check_pool_soon()
+            if not isinstance(error, TimeoutError | PoolTimeout):
+                self._check_pool_soon()  # broken connections: replace the idle ones at once
             log.warning("database.unavailable", error_type=type(error).__name__, error=str(error)[:200])
             raise DatabaseUnavailable(type(error).__name__) from error
+
+    def _busy(self, error: Exception) -> bool:
+        if not self.pool.answered_within(self._timeout_s):
+            return False
+        if isinstance(error, PoolTimeout):
+            return self.pool.in_use >= self.pool.max_size
+        return isinstance(error, TimeoutError)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:

@@ -48,16 +48,19 @@ class PairReclaimed(Exception):
 
 
 async def close_intent(conn: Conn, journaled: JournaledPair, stored_by: UUID) -> None:
-    """Marks the intent done: the FIRST statement of the transaction that stores the pair.
+    """Marks the intent done, before the pair is written in the same transaction.
 
     Its row lock orders the request against a refill recovering the same intent (which locks the row
-    first as well): whoever comes second finds the intent done. For the request that is
+    before the pair too): whoever comes second finds the intent done. For the request that is
     :class:`PairReclaimed`; storing the pair anyway would break its unique constraint.
     """
     params = {"batch_id": journaled.intent_id, "run_id": stored_by, "added": 1}
     cursor = await conn.execute(sql("refill_batch_mark_done"), params)
     if cursor.rowcount == 0:
         raise PairReclaimed(str(journaled.intent_id))
+    # A refill that began recovering this intent may have recorded its token, then died: nothing would
+    # ever delete that row (done batches are not recovered), and it holds an internal token.
+    await conn.execute(sql("refill_pending_tokens_delete"), {"batch_id": journaled.intent_id})
 
 
 def reclaimed_problem(reclaimed: PairReclaimed, retry_after_s: float) -> ProblemError:

@@ -66,7 +66,8 @@ async def pool(
     """Counts by status (cheap: trigger-kept counters) and health, as `tokenpool health` computes them."""
     found = components(request)
     async with found.db.guard():
-        health = await check_pool_health(found.store, RefillJournal(found.db.pool), found.settings, program)
+        health = await check_pool_health(found.store, RefillJournal(found.db.pool), found.settings, program,
+                                         publish=False)
     if health.counts.get("total", 0) == 0:
         raise ProblemError(404, "POOL_NOT_FOUND", f"Pool {program!r} has never held a pair.")
     return PoolResponse.model_validate(health.as_dict())
