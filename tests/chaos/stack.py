@@ -9,6 +9,7 @@ emulator's ledger of NS1 holds exactly the scenario's tokens.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -66,6 +67,16 @@ class Stack:
 
     def log(self, name: str) -> Path:
         return self.home / "logs" / f"{name}.log"
+
+    def events(self, name: str) -> list[str]:
+        """The ``event`` of every JSON log line process ``name`` has written so far."""
+        events = []
+        for line in self.log(name).read_text(errors="replace").splitlines():
+            try:
+                events.append(json.loads(line).get("event", ""))
+            except ValueError:
+                continue
+        return events
 
     # --- Processes ---------------------------------------------------------------------------------------
 

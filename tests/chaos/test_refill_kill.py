@@ -8,27 +8,15 @@ themselves are covered one by one in tests/integration/test_refill_crash.py; thi
 
 from __future__ import annotations
 
-import json
 import time
 
 from tests.chaos.invariants import check_calls, check_ledger, check_no_pair_on_two_cards
 from tests.chaos.load import LoadRun
 from tests.chaos.report import ScenarioResult
 from tests.chaos.scenario import plan_for, prepared, run_with_fault
-from tests.chaos.stack import Stack
 
 KILL_AFTER_EVENT = "refill.batch_issued"
 RESTART_TIMEOUT_S = 60.0
-
-
-def _events(stack: Stack, name: str) -> list[str]:
-    events = []
-    for line in stack.log(name).read_text(errors="replace").splitlines():
-        try:
-            events.append(json.loads(line).get("event", ""))
-        except ValueError:
-            continue
-    return events
 
 
 async def test_killing_the_refill_mid_run_under_card_load_loses_no_token(make_stack, profile, chaos_report):
@@ -47,7 +35,7 @@ async def test_killing_the_refill_mid_run_under_card_load_loses_no_token(make_st
         refill = stack.start("refill-victim", "refill", "--json", "--count", str(cards * 2))
         timeline.mark("refill_started")
         deadline = time.monotonic() + 30
-        while _events(stack, "refill-victim").count(KILL_AFTER_EVENT) < 2:
+        while stack.events("refill-victim").count(KILL_AFTER_EVENT) < 2:
             assert refill.poll() is None, "the refill finished before it could be killed"
             assert time.monotonic() < deadline, "the refill never journaled two batches"
             time.sleep(0.02)
@@ -69,7 +57,7 @@ async def test_killing_the_refill_mid_run_under_card_load_loses_no_token(make_st
                                f"{stack.settings.refill_lease_ttl_s:.0f} s for the dead runner's lease to lapse)")
     result.notes["timeline s"] = timeline.relative()
     result.notes["restart exit codes"] = restarts
-    result.notes["killed after"] = f"{_events(stack, 'refill-victim').count(KILL_AFTER_EVENT)} x {KILL_AFTER_EVENT}"
+    result.notes["killed after"] = f"{stack.events('refill-victim').count(KILL_AFTER_EVENT)} x {KILL_AFTER_EVENT}"
     check_calls(load.calls, result, request_timeout_s=plan.request_timeout_s)
     result.check("no card creation failed (served from the pool throughout)",
                  all(c.ok for c in load.calls), f"{result.succeeded}/{result.requests}")

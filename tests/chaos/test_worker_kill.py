@@ -12,7 +12,6 @@ runs alike); the journal is finished once the dead runner's lease has lapsed.
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from datetime import datetime
@@ -39,16 +38,6 @@ LEASE_TTL_S = 6.0
 
 RUN_COLUMNS = ("run_id", "trigger", "holder", "outcome", "started_at", "finished_at", "target", "requested",
                "recovered", "added")
-
-
-def _events(stack: Stack, name: str) -> list[str]:
-    events = []
-    for line in stack.log(name).read_text(errors="replace").splitlines():
-        try:
-            events.append(json.loads(line).get("event", ""))
-        except ValueError:
-            continue
-    return events
 
 
 def _prepared(stack: Stack, result: ScenarioResult, initial: int) -> tuple[list[str], str]:
@@ -134,7 +123,7 @@ async def test_killing_the_worker_mid_refill_under_card_load_loses_no_token(make
 
         def batch_issued() -> bool:
             assert victim.poll() is None, f"the worker exited ({victim.returncode}) before it issued a batch"
-            return KILL_AFTER_EVENT in _events(stack, "worker-victim")
+            return KILL_AFTER_EVENT in stack.events("worker-victim")
 
         wait_for(batch_issued, EVENT_TIMEOUT_S, interval_s=0.02, what=f"the worker's first {KILL_AFTER_EVENT}")
         stack.kill(victim)
@@ -169,7 +158,7 @@ async def test_killing_the_worker_mid_refill_under_card_load_loses_no_token(make
         f"its target (includes starting the new process and the dead runner's lease, TTL "
         f"{stack.settings.refill_lease_ttl_s:.0f} s, lapsing)")
     result.notes["timeline s"] = timeline.relative()
-    victim_events = _events(stack, "worker-victim")
+    victim_events = stack.events("worker-victim")
     result.notes["killed after"] = (f"{victim_events.count(KILL_AFTER_EVENT)} x {KILL_AFTER_EVENT},"
                                     f" {victim_events.count('refill.batch_loaded')} x refill.batch_loaded")
     batches = at_kill["batches"]
