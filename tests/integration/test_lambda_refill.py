@@ -19,6 +19,7 @@ import jsonschema
 import psycopg
 import pytest
 import structlog
+from prometheus_client import REGISTRY
 
 from tests.fixtures.tome import FAST_TOME_SETTINGS
 from tests.integration.refill_support import pool_tokens, refill_settings
@@ -216,6 +217,7 @@ def test_an_invocation_also_quarantines_lapsed_reservations_and_alerts_when_it_c
         conn.execute(sql("reserve"), {**claim, "n": 28, "lease_seconds": 600})  # the pool is empty now
     time.sleep(0.05)
     tome.set_faults(outage=True)
+    expired_before = REGISTRY.get_sample_value("tokenpool_pool_leases_expired_total") or 0.0
 
     second = lambda_refill.handler(SCHEDULED_EVENT, LambdaContext())
     capsys.readouterr()
@@ -225,3 +227,4 @@ def test_an_invocation_also_quarantines_lapsed_reservations_and_alerts_when_it_c
     with psycopg.connect(database_url) as conn:
         statuses = dict(conn.execute("SELECT status, count(*) FROM token_pool GROUP BY status").fetchall())
     assert statuses == {"EXPIRED": 2, "RESERVED": 28}
+    assert REGISTRY.get_sample_value("tokenpool_pool_leases_expired_total") == expired_before + 2

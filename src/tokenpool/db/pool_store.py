@@ -16,7 +16,12 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from tokenpool.db.queries import sql
-from tokenpool.observability.metrics import POOL_COMMITS, POOL_PAIRS_ADDED, POOL_RESERVATIONS
+from tokenpool.observability.metrics import (
+    POOL_COMMITS,
+    POOL_LEASES_EXPIRED,
+    POOL_PAIRS_ADDED,
+    POOL_RESERVATIONS,
+)
 from tokenpool.pool.errors import (
     LeaseExpired,
     PairConflict,
@@ -132,6 +137,7 @@ class PostgresTokenPool:
                 cursor = await conn.execute(sql("expire_leases"), {"limit": limit})
                 expired = cursor.rowcount
             total += expired
+            POOL_LEASES_EXPIRED.inc(expired)  # per statement: each one committed on its own
             if expired < limit:
                 return total
 

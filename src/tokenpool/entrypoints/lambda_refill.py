@@ -26,7 +26,6 @@ import structlog
 from tokenpool import bootstrap
 from tokenpool.aws.emf import emit
 from tokenpool.observability.logging import configure_logging, get_logger
-from tokenpool.observability.metrics import POOL_LEASES_EXPIRED
 from tokenpool.pool.model import PairStatus
 from tokenpool.refill.alerts import Alerter
 from tokenpool.refill.health import check_pool_health
@@ -114,7 +113,6 @@ async def _expire_lapsed_leases(deps: RefillDeps) -> None:
         log.warning("lambda.expire_leases_failed", error=f"{type(exc).__name__}: {exc}")
         return
     if expired:
-        POOL_LEASES_EXPIRED.inc(expired)
         log.info("lambda.leases_expired", count=expired)
 
 

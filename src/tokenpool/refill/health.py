@@ -23,7 +23,7 @@ from tokenpool.observability.metrics import POOL_HEALTH, POOL_HOURS_LEFT, POOL_P
 from tokenpool.pool.model import PairStatus
 from tokenpool.refill.consumption import observe
 from tokenpool.refill.journal import RefillJournal
-from tokenpool.refill.plan import capped_target, forecast
+from tokenpool.refill.plan import fill_target
 from tokenpool.settings import Settings
 
 
@@ -108,8 +108,7 @@ async def check_pool_health(store: PostgresTokenPool, journal: RefillJournal, se
     observation = await observe(store, journal, settings, pool)
     stats = observation.stats
     rate = observation.consumption_per_hour
-    expected = forecast(rate, settings.refill_interval_s, settings.refill_safety_factor)
-    target = capped_target(settings.refill_target, expected, settings.refill_forecast_max_factor)
+    _forecast, target = fill_target(rate, settings)
     status = classify(stats.available, target, rate, Thresholds.from_settings(settings))
     counts = {s.value.lower(): stats.count(s) for s in PairStatus} | {"total": stats.total}
     health = PoolHealth(pool, status, target, counts, rate, hours_left(stats.available, rate))

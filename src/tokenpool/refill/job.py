@@ -37,7 +37,7 @@ from tokenpool.refill.consumption import observe
 from tokenpool.refill.journal import RefillJournal, UnfinishedBatch
 from tokenpool.refill.lease import RefillLease, new_holder_id
 from tokenpool.refill.model import LeaseHeld, LeaseLost, Outcome, RefillPlan, RefillResult, Trigger
-from tokenpool.refill.plan import batch_sizes, capped_target, forecast, pairs_to_add
+from tokenpool.refill.plan import batch_sizes, fill_target, pairs_to_add
 from tokenpool.refill.ports import RefillTome
 from tokenpool.settings import Settings
 
@@ -179,9 +179,8 @@ class _Run:
         observation = await observe(self.deps.store, self.journal, self.settings, self.pool)
         await self.journal.prune_samples(self.pool, self.settings.refill_sample_keep_s)
         rate = observation.consumption_per_hour
-        expected = forecast(rate, self.settings.refill_interval_s, self.settings.refill_safety_factor)
+        expected, target = fill_target(rate, self.settings)
         available = observation.stats.available
-        target = capped_target(self.settings.refill_target, expected, self.settings.refill_forecast_max_factor)
         explicit = self.explicit_count is not None
         count = self.explicit_count if self.explicit_count is not None else pairs_to_add(available, target)
         return RefillPlan(available, self.settings.refill_target, expected, rate, count, target, explicit)

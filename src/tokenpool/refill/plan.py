@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from tokenpool.settings import Settings
+
 
 @dataclass(frozen=True, slots=True)
 class SampleSpan:
@@ -41,6 +43,12 @@ def capped_target(configured: int, expected: int, max_factor: float) -> int:
     pairs nobody needs for days. A configured target of 0 therefore also disables the forecast.
     """
     return max(configured, min(expected, math.floor(configured * max_factor)))
+
+
+def fill_target(rate_per_hour: float | None, settings: Settings) -> tuple[int, int]:
+    """(forecast, target) for a pool consumed at ``rate_per_hour``: what the refill plans and health reads."""
+    expected = forecast(rate_per_hour, settings.refill_interval_s, settings.refill_safety_factor)
+    return expected, capped_target(settings.refill_target, expected, settings.refill_forecast_max_factor)
 
 
 def pairs_to_add(available: int, target: int) -> int:

@@ -17,7 +17,7 @@ import time
 
 from tokenpool.db.retention import prune, publish_oldest_transaction_age
 from tokenpool.observability.logging import get_logger
-from tokenpool.observability.metrics import DB_OLDEST_TRANSACTION, POOL_LEASES_EXPIRED
+from tokenpool.observability.metrics import DB_OLDEST_TRANSACTION
 from tokenpool.refill.alerts import Alerter
 from tokenpool.refill.health import check_pool_health
 from tokenpool.refill.job import RefillDeps, refill_pool
@@ -65,7 +65,6 @@ class RefillWorker:
             try:
                 expired = await self.deps.store.expire_leases()
                 if expired:
-                    POOL_LEASES_EXPIRED.inc(expired)
                     log.info("worker.leases_expired", count=expired)
             except Exception as exc:
                 log.warning("worker.janitor_failed", error=f"{type(exc).__name__}: {exc}")
