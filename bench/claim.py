@@ -18,9 +18,10 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from unittest.mock import patch
 
 from bench.common import fresh_database, pgbench_path, server_url, server_version
-from tokenpool.db.connection import open_pool
+from tokenpool import bootstrap
 from tokenpool.db.pool_store import CLAIM_KEY_RANGE, PostgresTokenPool
 from tokenpool.db.queries import sql
 from tokenpool.pool.claim_batcher import ClaimBatcher
@@ -61,9 +62,11 @@ def run_pgbench(url: str, clients: int, seconds: int) -> float:
 
 
 async def _claim_for(url: str, clients: int, seconds: float, batched: bool) -> int:
-    settings = Settings()
-    pool = await open_pool(url, settings, min_size=clients, max_size=clients)
-    store = PostgresTokenPool(pool)
+    async with bootstrap.open_backend(url, Settings(), min_size=clients, max_size=clients) as backend:
+        return await _claim_with(backend.store, clients, seconds, batched)
+
+
+async def _claim_with(store: PostgresTokenPool, clients: int, seconds: float, batched: bool) -> int:
     reserve = ClaimBatcher(store).reserve if batched else store.reserve
     deadline = time.perf_counter() + seconds
     count = 0
@@ -78,7 +81,6 @@ async def _claim_for(url: str, clients: int, seconds: float, batched: bool) -> i
             count += 1
 
     await asyncio.gather(*(worker() for _ in range(clients)))
-    await pool.close()
     return count
 
 
@@ -106,24 +108,20 @@ def run_library(url: str, clients: int, seconds: int, processes: int, batched: b
 
 
 async def load(url: str, count: int) -> float:
-    pool = await open_pool(url, Settings(), min_size=1, max_size=2)
-    store = PostgresTokenPool(pool)
-    prefix = uuid.uuid4().hex[:8]
-    started = time.perf_counter()
-    for offset in range(0, count, LOAD_CHUNK):
-        n = min(LOAD_CHUNK, count - offset)
-        pairs = [TokenPair(f"{prefix}{offset + i:012d}", f"ext_{prefix}{offset + i:022d}") for i in range(n)]
-        await store.add_pairs(POOL, pairs, uuid.uuid4())
-    elapsed = time.perf_counter() - started
-    await pool.close()
-    return count / elapsed
+    async with bootstrap.open_backend(url, Settings(), min_size=1, max_size=2) as backend:
+        prefix = uuid.uuid4().hex[:8]
+        started = time.perf_counter()
+        for offset in range(0, count, LOAD_CHUNK):
+            n = min(LOAD_CHUNK, count - offset)
+            pairs = [TokenPair(f"{prefix}{offset + i:012d}", f"ext_{prefix}{offset + i:022d}") for i in range(n)]
+            await backend.store.add_pairs(POOL, pairs, uuid.uuid4())
+        return count / (time.perf_counter() - started)
 
 
 async def top_up(url: str, pairs: int) -> None:
     """Keeps at least half of ``pairs`` available, so no measured point runs the pool dry."""
-    pool = await open_pool(url, Settings(), min_size=1, max_size=1)
-    available = (await PostgresTokenPool(pool).stats(POOL)).available
-    await pool.close()
+    async with bootstrap.open_backend(url, Settings(), min_size=1, max_size=1) as backend:
+        available = (await backend.store.stats(POOL)).available
     if available < pairs // 2:
         await load(url, pairs)
 
@@ -134,10 +132,12 @@ async def ageing(url: str, claims: int, step: int, clients: int, head_first: boo
     ``head_first``: the control. The same statement with its start pinned to 0, i.e. the classic
     claim that always reads the claim index from its head.
     """
-    pool = await open_pool(url, Settings(), min_size=clients, max_size=clients)
-    store = PostgresTokenPool(pool)
-    if head_first:
-        store = _HeadFirst(pool)
+    async with bootstrap.open_backend(url, Settings(), min_size=clients, max_size=clients) as backend:
+        store = _HeadFirst(backend.db, backend.vault) if head_first else backend.store
+        return await _ageing_with(store, claims, step, clients)
+
+
+async def _ageing_with(store: PostgresTokenPool, claims: int, step: int, clients: int) -> list[float]:
     rates: list[float] = []
     for _ in range(claims // step):
         remaining = step
@@ -155,17 +155,15 @@ async def ageing(url: str, claims: int, step: int, clients: int, head_first: boo
         await asyncio.gather(*(worker() for _ in range(clients)))
         rates.append(step / (time.perf_counter() - started))
         print(f"  claims {len(rates) * step:>9,}: {rates[-1]:8,.0f}/s", flush=True)
-    await pool.close()
     return rates
 
 
 class _HeadFirst(PostgresTokenPool):
+    """The control: the claim with its start pinned to 0 (``random_claim_start`` replaced)."""
+
     async def reserve(self, pool: str, lease_seconds: float, *, conn: object = None) -> Reservation:
-        params = {"pool": pool, "n": 1, "start": 0, "lease_seconds": lease_seconds}
-        rows = await self._fetch("reserve", params, None)
-        if not rows:
-            raise PoolExhausted(pool)
-        return Reservation(*rows[0])
+        with patch("tokenpool.db.pool_store.random_claim_start", return_value=0):
+            return await super().reserve(pool, lease_seconds)
 
 
 def main() -> None:

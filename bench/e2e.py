@@ -170,11 +170,11 @@ def database_duplicates(stack: Stack) -> dict[str, int]:
     """Over every card in the database: pairs on two cards, cards whose pair disagrees, USED pairs vs cards."""
     with psycopg.connect(stack.database_url, connect_timeout=10) as conn:
         row = conn.execute(
-            "SELECT count(*), count(*) - count(DISTINCT internal_token), count(*) - count(DISTINCT external_ref)"
+            "SELECT count(*), count(*) - count(DISTINCT token_digest), count(*) - count(DISTINCT external_ref)"
             " FROM cards"
         ).fetchone()
         mismatched = conn.execute(
-            "SELECT count(*) FROM cards c JOIN token_pool p USING (internal_token)"
+            "SELECT count(*) FROM cards c JOIN token_pool p USING (token_digest)"
             " WHERE p.external_ref <> c.external_ref OR p.status <> 'USED'"
         ).fetchone()
         used = conn.execute("SELECT count(*) FROM token_pool WHERE status = 'USED'").fetchone()

@@ -27,7 +27,6 @@ import psycopg
 
 from bench.common import fresh_database, server_url, server_version
 from tokenpool import bootstrap
-from tokenpool.db.pool_store import copy_pairs
 from tokenpool.pool.synthetic import synthetic_pairs
 from tokenpool.refill.job import refill_pool
 from tokenpool.settings import Settings
@@ -76,17 +75,21 @@ async def end_to_end(url: str, tome_url: str, pairs: int, rps: float, in_flight:
 
 
 async def copy_rate(url: str, n: int) -> float:
+    """The refill's load path as it runs: seal each token (digest + AES-GCM), COPY, insert from staging."""
     pairs = synthetic_pairs(n)
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+    async with bootstrap.open_backend(url, Settings(), min_size=1, max_size=1) as backend:
         started = time.perf_counter()
         for offset in range(0, n, 2_500):  # the refill's unit: one batch per transaction
-            async with conn.transaction():
-                await copy_pairs(conn, POOL, pairs[offset : offset + 2_500], uuid.uuid4())
+            async with backend.db.transaction() as conn:
+                await backend.store.copy_pairs(conn, POOL, pairs[offset : offset + 2_500], uuid.uuid4())
         return n / (time.perf_counter() - started)
 
 
 async def insert_rate(url: str, n: int) -> float:
+    """The baseline: the same sealed rows as multi-row INSERT statements instead of COPY."""
     pairs = synthetic_pairs(n)
+    async with bootstrap.open_backend(url, Settings(), min_size=1, max_size=1) as backend:
+        store = backend.store
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         started = time.perf_counter()
         for offset in range(0, n, 2_500):
@@ -95,13 +98,15 @@ async def insert_rate(url: str, n: int) -> float:
                 for start in range(offset, min(n, offset + 2_500), INSERT_ROWS):
                     chunk = pairs[start : start + INSERT_ROWS]
                     # Benchmark-only statement, built here because its VALUES list has one row per pair.
-                    values = ", ".join(["(%s, %s, %s, %s)"] * len(chunk))
+                    values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(chunk))
                     params: list[object] = []
                     for pair in chunk:
-                        params += [POOL, pair.internal_token, pair.external_ref, batch_id]
+                        sealed = store.seal(POOL, pair)
+                        params += [POOL, sealed.digest, sealed.ciphertext, sealed.key_version, pair.external_ref,
+                                   batch_id]
                     await conn.execute(
-                        f"INSERT INTO token_pool (pool, internal_token, external_ref, batch_id) VALUES {values}"
-                        " ON CONFLICT DO NOTHING",
+                        "INSERT INTO token_pool (pool, token_digest, token_ct, key_version, external_ref, batch_id)"
+                        f" VALUES {values} ON CONFLICT DO NOTHING",
                         params,
                     )
         return n / (time.perf_counter() - started)

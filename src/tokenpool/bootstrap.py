@@ -8,16 +8,23 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-
-from psycopg import AsyncConnection
-from psycopg.rows import TupleRow
-from psycopg_pool import AsyncConnectionPool
+from typing import TYPE_CHECKING
 
 from tokenpool.db import migrate
-from tokenpool.db.connection import open_pool
+from tokenpool.db.database import Database
 from tokenpool.db.embedded import start_embedded
+from tokenpool.db.journal_store import JournalStore
+from tokenpool.db.lease_store import LeaseStore
+from tokenpool.db.monitoring_store import MonitoringStore
 from tokenpool.db.pool_store import PostgresTokenPool
+from tokenpool.db.vault_store import Vault, VaultStore, load_keyring_sync
+from tokenpool.refill.job import RefillDeps
 from tokenpool.settings import Settings
+from tokenpool.tome.client import TomeClient
+from tokenpool.vault import key_provider_from_settings
+
+if TYPE_CHECKING:  # fastapi is imported only when the service is built: the CLI starts faster without it
+    from fastapi import FastAPI
 
 
 def database_url(settings: Settings) -> str:
@@ -28,79 +35,82 @@ def database_url(settings: Settings) -> str:
 
 
 def upgrade_database(settings: Settings) -> list[migrate.Migration]:
-    return migrate.upgrade(database_url(settings))
+    """Applies pending migrations; a migration that must encrypt stored tokens gets the vault's keys."""
+    provider = key_provider_from_settings(settings)
+    context = migrate.MigrationContext(keyring=lambda conn: load_keyring_sync(conn, provider))
+    return migrate.upgrade(database_url(settings), context)
 
 
 @dataclass(frozen=True, slots=True)
-class Database:
+class Backend:
+    """The database and everything built on it that the CLI, the refill and the worker use."""
+
     url: str
-    pool: AsyncConnectionPool[AsyncConnection[TupleRow]]
+    db: Database
+    vault: Vault
     store: PostgresTokenPool
+    journal: JournalStore
+    leases: LeaseStore
+    samples: MonitoringStore
+
+
+async def _backend(settings: Settings, url: str, db: Database) -> Backend:
+    vault = await Vault.load(VaultStore(db, key_provider_from_settings(settings)), refresh_s=settings.vault_refresh_s)
+    store = PostgresTokenPool(db, vault)
+    return Backend(url, db, vault, store, JournalStore(db, store, vault), LeaseStore(db), MonitoringStore(db))
 
 
 @asynccontextmanager
-async def open_database(settings: Settings, *, max_size: int | None = None) -> AsyncIterator[Database]:
-    url = database_url(settings)
-    pool = await open_pool(url, settings, max_size=max_size)
+async def open_database(settings: Settings, *, max_size: int | None = None) -> AsyncIterator[Backend]:
+    """The database for a command: waits for it, no time bound but each statement's own."""
+    async with open_backend(database_url(settings), settings, max_size=max_size) as backend:
+        yield backend
+
+
+@asynccontextmanager
+async def open_backend(url: str, settings: Settings, *, min_size: int | None = None,
+                       max_size: int | None = None) -> AsyncIterator[Backend]:
+    """:func:`open_database` on a given URL (tests, benchmarks)."""
+    db = await Database.open(url, settings, wait=True, min_size=min_size, max_size=max_size)
     try:
-        yield Database(url, pool, PostgresTokenPool(pool))
+        yield await _backend(settings, url, db)
     finally:
-        await pool.close()
-
-
-# --- service (issue 5) ---
-
-from typing import TYPE_CHECKING  # noqa: E402  (appended section; the header imports are not mine)
-
-if TYPE_CHECKING:  # fastapi is imported only when the service is built: the CLI starts faster without it
-    from fastapi import FastAPI
+        await db.close()
 
 
 def create_service_app(settings: Settings) -> FastAPI:
     """The HTTP service (``tokenpool serve``) wired to the configured database and TOME."""
     from tokenpool.service.app import create_app  # deferred: see TYPE_CHECKING above
-    from tokenpool.tome.client import TomeClient
 
     if not settings.tome_url:
         raise ValueError("the service needs TOKENPOOL_TOME_URL (the TOME base URL)")
     return create_app(settings, database_url=database_url(settings), tome_factory=lambda: TomeClient(settings))
 
 
-# --- refill (issue 4) ---
-# Imports here, not at the top: this section is appended to a file shared by several owners.
-from tokenpool.db.connection import connection_kwargs  # noqa: E402
-from tokenpool.refill.job import RefillDeps  # noqa: E402
-from tokenpool.refill.tome_adapter import TomeRefillAdapter  # noqa: E402
-from tokenpool.tome.client import TomeClient  # noqa: E402
+def refill_deps(settings: Settings, backend: Backend, tome: TomeClient) -> RefillDeps:
+    return RefillDeps(settings, backend.db, backend.store, backend.journal, backend.leases, backend.samples, tome)
 
 
 @asynccontextmanager
 async def open_refill(settings: Settings, *, max_size: int = 6) -> AsyncIterator[RefillDeps]:
-    """Database + TOME client + the refill adapter, for the refill CLI and the worker."""
+    """Database + TOME client, for the refill CLI and the worker."""
     if not settings.tome_url:
         raise ValueError("TOKENPOOL_TOME_URL is not set: the refill job needs TOME (or its emulator)")
-    async with open_database(settings, max_size=max_size) as db:
-        client = TomeClient(settings)
-        try:
-            yield RefillDeps(settings, db.pool, db.store, TomeRefillAdapter(client))
-        finally:
-            await client.aclose()
+    async with open_database(settings, max_size=max_size) as backend, TomeClient(settings) as client:
+        yield refill_deps(settings, backend, client)
 
 
 async def open_refill_for_lambda(settings: Settings) -> tuple[RefillDeps, TomeClient]:
     """Long-lived resources for a Lambda container (closed only when the container dies).
 
-    The pool checks each connection as it hands it out: between invocations Lambda freezes the
+    The pool checks each connection as it is handed out: between invocations Lambda freezes the
     process for minutes or hours, and a connection the server or a NAT timed out meanwhile must be
     replaced, not used.
     """
     if not settings.tome_url:
         raise ValueError("TOKENPOOL_TOME_URL is not set: the refill job needs TOME")
-    pool: AsyncConnectionPool[AsyncConnection[TupleRow]] = AsyncConnectionPool(
-        database_url(settings), min_size=1, max_size=3, timeout=settings.db_acquire_timeout_s,
-        kwargs=connection_kwargs(settings), check=AsyncConnectionPool.check_connection, open=False,
-        name="tokenpool-lambda",
-    )
-    await pool.open(wait=True, timeout=settings.db_connect_timeout_s)
+    url = database_url(settings)
+    db = await Database.open(url, settings, wait=True, min_size=1, max_size=3, check_on_checkout=True,
+                             name="tokenpool-lambda")
     client = TomeClient(settings)
-    return RefillDeps(settings, pool, PostgresTokenPool(pool), TomeRefillAdapter(client)), client
+    return refill_deps(settings, await _backend(settings, url, db), client), client

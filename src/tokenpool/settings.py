@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -59,8 +60,17 @@ class Settings(BaseSettings):
     tome_breaker_window_s: float = Field(default=30.0, gt=0, description="Sliding window for the rates.")
     tome_breaker_minimum_calls: int = Field(default=10, ge=1, description="Calls needed before rates count.")
     tome_breaker_half_open_calls: int = Field(default=2, ge=1, description="Probes; this many successes close.")
+    tome_ca_bundle: Path | None = Field(
+        default=None, description="CA file that TOME's certificate must chain to; unset: the system trust store."
+    )
+    tome_client_cert: Path | None = Field(default=None, description="Client certificate (PEM) for mutual TLS.")
+    tome_client_key: Path | None = Field(default=None, description="Key of tome_client_cert (PEM).")
+    tome_bearer_token_file: Path | None = Field(
+        default=None,
+        description="File holding the bearer token sent to TOME; must not be readable by group or others.",
+    )
 
-    # --- Refill (issue 4: owned by the refill job; add below this line) ---------------------------
+    # --- Refill -----------------------------------------------------------------------------------
     refill_target: int = Field(default=10_000, ge=0, description="Available pairs a refill fills up to (at least).")
     refill_batch_size: int = Field(
         default=2_500, ge=1, description="Tokens per TOME issue call (capped at tome_batch_size)."
@@ -119,7 +129,7 @@ class Settings(BaseSettings):
     )
     emf_namespace: str = Field(default="tokenpool", description="CloudWatch namespace of the EMF metrics.")
 
-    # --- Service (issue 5: owned by the HTTP service; add below this line) -------------------------
+    # --- Service ----------------------------------------------------------------------------------
     pool_traffic_percent: int = Field(
         default=100, ge=0, le=100,
         description="Share of card creations served from the pool (rest: TOME). Default when the"
@@ -143,6 +153,24 @@ class Settings(BaseSettings):
     service_retry_after_s: int = Field(default=5, ge=1, description="Retry-After sent with a 503.")
     service_max_body_bytes: int = Field(default=512 * 1024, ge=1024, description="Larger bodies: 413.")
     service_max_detokenize_refs: int = Field(default=1_000, ge=1, le=10_000)
+
+    # --- Vault: the key-encryption key (KEK) wrapping the data and digest keys (tokenpool.vault) ---
+    vault_key_provider: Literal["local", "aws-kms"] = Field(
+        default="local", description="local: a key file readable by its owner only; aws-kms: a KMS key."
+    )
+    vault_local_key_file: Path | None = Field(
+        default=None, description="The local KEK file, created on first use; unset: home / vault / kek.json."
+    )
+    vault_kms_key_id: str | None = Field(default=None, description="KMS key id, ARN or alias (aws-kms).")
+    vault_kms_region: str | None = Field(default=None, description="KMS region; unset: the ARN's, else boto3's.")
+    vault_kms_endpoint_url: str | None = Field(default=None, description="KMS endpoint override (tests: moto).")
+    vault_kms_timeout_s: float = Field(
+        default=5.0, gt=0, description="Bound on one KMS call: two attempts of half this each (plus backoff)."
+    )
+    vault_refresh_s: float = Field(
+        default=30.0, gt=0,
+        description="Each process rereads the wrapped keys this often: new writes move to a rotated data key.",
+    )
 
     # --- Observability ----------------------------------------------------------------------------
     log_level: str = "INFO"

@@ -1,6 +1,6 @@
 """The invariants every chaos scenario checks once the system has recovered.
 
-1. No pair on two cards: internal tokens and external refs are distinct across cards, every USED pair
+1. No pair on two cards: internal tokens (digests) and external refs are distinct across cards; every USED pair
    has its card, every card matches its pair, and no two answers the clients saw share a pair.
    No lost card: every card a client was given exists.
 2. Every token TOME NS1 issued is in ``token_pool`` exactly once (a card's pair is a USED row there),
@@ -17,18 +17,19 @@ from collections.abc import Sequence
 from tests.chaos.load import Call, summarize
 from tests.chaos.report import ScenarioResult
 from tests.chaos.stack import Stack
+from tests.fixtures.database import pool_pairs
 
 
 def check_no_pair_on_two_cards(stack: Stack, calls: Sequence[Call], result: ScenarioResult) -> None:
-    dup_tokens = stack.sql("SELECT count(*) FROM (SELECT internal_token FROM cards GROUP BY 1 HAVING count(*) > 1) d")
+    dup_tokens = stack.sql("SELECT count(*) FROM (SELECT token_digest FROM cards GROUP BY 1 HAVING count(*) > 1) d")
     dup_refs = stack.sql("SELECT count(*) FROM (SELECT external_ref FROM cards GROUP BY 1 HAVING count(*) > 1) d")
     orphans = stack.sql(
         "SELECT count(*) FROM token_pool p WHERE p.status = 'USED'"
-        " AND NOT EXISTS (SELECT 1 FROM cards c WHERE c.internal_token = p.internal_token"
+        " AND NOT EXISTS (SELECT 1 FROM cards c WHERE c.token_digest = p.token_digest"
         "                 AND c.card_id::text = p.card_ref)"
     )
     mismatched = stack.sql(
-        "SELECT count(*) FROM cards c JOIN token_pool p USING (internal_token)"
+        "SELECT count(*) FROM cards c JOIN token_pool p USING (token_digest)"
         " WHERE p.external_ref <> c.external_ref OR p.status <> 'USED'"
     )
     db_problems = {"duplicate internal tokens": dup_tokens[0][0], "duplicate external refs": dup_refs[0][0],
@@ -53,7 +54,7 @@ def check_no_pair_on_two_cards(stack: Stack, calls: Sequence[Call], result: Scen
 def check_ledger(stack: Stack, result: ScenarioResult, *, expect_ok: bool = True) -> tuple[int, int, int]:
     """Reconciles the emulator's NS1 ledger with token_pool. Returns (missing, twice, unknown)."""
     issued = stack.tome.issued(stack.ns1)
-    in_pool = Counter(row[0] for row in stack.sql("SELECT internal_token FROM token_pool"))
+    in_pool = Counter(pool_pairs(stack.database_url).values())
     ledger = Counter(issued)
     missing = [t for t in ledger if t not in in_pool]
     twice = [t for t, n in in_pool.items() if n > 1] + [t for t, n in ledger.items() if n > 1]

@@ -18,16 +18,17 @@ import httpx
 import psycopg
 import pytest
 import uvicorn
-from psycopg_pool import AsyncConnectionPool
 
 from tests.factories import make_pairs
 from tests.fixtures.tome import FAST_TOME_SETTINGS, TomeEmulator, free_port
-from tokenpool.db.connection import connection_kwargs
+from tokenpool.db.database import Database
 from tokenpool.db.pool_store import PostgresTokenPool
+from tokenpool.db.vault_store import Vault, VaultStore
 from tokenpool.service.app import create_app
 from tokenpool.service.auth import SCOPES, ApiKeys
 from tokenpool.settings import Settings
 from tokenpool.tome.client import TomeClient
+from tokenpool.vault import key_provider_from_settings
 
 POOL = "default"
 HTTP_TIMEOUT = httpx.Timeout(15.0)
@@ -88,6 +89,8 @@ class Api:
 
     url: str
     database_url: str
+    db: Database
+    vault: Vault
     store: PostgresTokenPool
     keys: ApiKeys
     tome: TomeEmulator
@@ -122,6 +125,12 @@ class Api:
             cursor = conn.execute(query, params)  # type: ignore[arg-type]
             return cursor.fetchall() if cursor.description else []
 
+    async def status_of_token(self, internal_token: str) -> str | None:
+        """The status of the pair holding ``internal_token`` (tokens are sealed: found through their refs)."""
+        rows = self.sql("SELECT external_ref, status FROM token_pool")
+        tokens = await self.store.lookup([ref for ref, _status in rows])
+        return next((status for ref, status in rows if tokens.get(ref) == internal_token), None)
+
     def tome_requests(self) -> int:
         return sum(n for ops in self.tome.stats()["requests"].values() for n in ops.values())
 
@@ -131,18 +140,16 @@ async def running_api(database_url: str, tome: TomeEmulator, *,
                       tome_factory: Callable[[Settings], Any] | None = None, **overrides: Any) -> AsyncIterator[Api]:
     """``tome_factory(settings)`` replaces the service's TOME client (tests that wrap it)."""
     settings = service_settings(database_url, tome.url, **overrides)
-    # Not open_pool: it waits for the database, and some tests start the service while it is down.
-    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        database_url, min_size=1, max_size=4, kwargs=connection_kwargs(settings), open=False
-    )
-    await pool.open(wait=False)
+    # Not waiting for the database: some tests start the service while it is down.
+    db = await Database.open(database_url, settings, min_size=1, max_size=4, bound_s=10.0)
+    vault = Vault.unloaded(VaultStore(db, key_provider_from_settings(settings)))
     server = ThreadedServer(settings, None if tome_factory is None else lambda: tome_factory(settings))
     await asyncio.to_thread(server.start)
     try:
-        yield Api(server.url, database_url, PostgresTokenPool(pool), ApiKeys(pool), tome, server)
+        yield Api(server.url, database_url, db, vault, PostgresTokenPool(db, vault), ApiKeys(db), tome, server)
     finally:
         await asyncio.to_thread(server.stop)
-        await pool.close()
+        await db.close()
 
 
 @pytest.fixture

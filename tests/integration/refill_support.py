@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 
+from tests.fixtures.database import pool_pairs
 from tests.fixtures.tome import FAST_TOME_SETTINGS, TomeEmulator
 from tokenpool import bootstrap
 from tokenpool.refill.job import RefillDeps
@@ -62,9 +63,8 @@ def cli(*args: str) -> list[str]:
 
 
 def pool_tokens(database_url: str, pool: str) -> list[str]:
-    with psycopg.connect(database_url) as conn:
-        rows = conn.execute("SELECT internal_token FROM token_pool WHERE pool = %s", (pool,)).fetchall()
-    return [row[0] for row in rows]
+    """The internal tokens of ``pool``'s pairs, decrypted."""
+    return list(pool_pairs(database_url, pool).values())
 
 
 def journal_leftovers(database_url: str, pool: str) -> tuple[int, int]:

@@ -69,5 +69,5 @@ async def test_a_thousand_concurrent_card_creations_use_a_thousand_distinct_pair
     assert stats == await api.store.exact_stats(POOL)
     # Every used pair names its card, and every card its pair.
     assert api.sql("""SELECT count(*) FROM token_pool t JOIN cards c
-                      ON c.internal_token = t.internal_token AND c.external_ref = t.external_ref
+                      ON c.token_digest = t.token_digest AND c.external_ref = t.external_ref
                       AND t.card_ref = c.card_id::text WHERE t.status = 'USED'""") == [(CARDS,)]

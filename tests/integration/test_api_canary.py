@@ -23,7 +23,7 @@ async def _cards(api: Api, n: int) -> list[str]:
 
 
 async def _set_percent(api: Api, percent: int | None) -> None:
-    await write(api.store._pool, POOL_TRAFFIC_PERCENT_KEY, percent)
+    await write(api.db, POOL_TRAFFIC_PERCENT_KEY, percent)
     await asyncio.sleep(0.3)  # past the harness's 0.2 s cache
     await _cards(api, 1)  # the first request after expiry still sees the old value and refreshes it
     await asyncio.sleep(0.1)

@@ -30,7 +30,7 @@ async def test_a_card_takes_its_pair_from_the_pool_without_calling_tome(api: Api
     assert (card["internal_token"], card["external_ref"]) in {(p.internal_token, p.external_ref) for p in pairs}
     assert response.headers["Location"] == f"/v1/cards/{card['card_id']}"
     assert api.tome_requests() == before
-    assert api.sql("SELECT status, card_ref FROM token_pool WHERE internal_token = %s", card["internal_token"]) == [
+    assert api.sql("SELECT status, card_ref FROM token_pool WHERE external_ref = %s", card["external_ref"]) == [
         ("USED", card["card_id"])
     ]
     stats = await api.store.stats(POOL)
@@ -197,7 +197,7 @@ async def test_a_token_tome_issued_for_a_card_that_then_failed_is_recovered_by_t
         result = await refill_pool(deps, POOL, count=1)
     assert result.recovered == 1
     (token,) = unseen
-    assert api.sql("SELECT status FROM token_pool WHERE internal_token = %s", token) == [("AVAILABLE",)]
+    assert await api.status_of_token(token) == "AVAILABLE"
     assert api.sql("SELECT count(*) FROM refill_batches WHERE state <> 'done'") == [(0,)]
 
 
@@ -230,8 +230,10 @@ class _RefillOvertakes:
     async def __aexit__(self, *exc: object) -> None:
         await self._client.aclose()
 
-    async def issue(self, namespace: str, count: int, *, idempotency_key: str | None = None) -> list[str]:
-        return await self._client.issue(namespace, count, idempotency_key=idempotency_key)
+    async def issue(self, namespace: str, count: int, *, idempotency_key: str,
+                    correlation_id: str | None = None) -> list[str]:
+        return await self._client.issue(namespace, count, idempotency_key=idempotency_key,
+                                        correlation_id=correlation_id)
 
     async def tokenize(self, namespace: str, values: Sequence[str]) -> list[str]:
         refs = await self._client.tokenize(namespace, values)

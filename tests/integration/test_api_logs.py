@@ -101,7 +101,7 @@ async def test_a_log_capture_of_a_busy_service_contains_no_whole_token(service_p
 
 
 @pytest.fixture
-async def api_key_pool(pg_pool):
+async def api_key_pool(db):
     from tokenpool.service.auth import ApiKeys
 
-    return ApiKeys(pg_pool)
+    return ApiKeys(db)

@@ -15,9 +15,8 @@ from prometheus_client import REGISTRY
 
 from tests.factories import make_pairs
 from tests.fixtures.moto import running_moto_server
-from tokenpool.refill.alerts import Alerter
-from tokenpool.refill.health import HealthStatus, check_pool_health
-from tokenpool.refill.journal import RefillJournal
+from tokenpool.monitoring.alerts import Alerter
+from tokenpool.monitoring.health import HealthStatus, check_pool_health
 
 POOL = "default"
 
@@ -64,11 +63,11 @@ async def _consume(store, n: int) -> None:
     [(100, HealthStatus.OK), (19, HealthStatus.LOW), (4, HealthStatus.CRITICAL), (0, HealthStatus.EMPTY)],
 )
 async def test_health_reads_ok_low_critical_and_empty_from_the_share_of_the_target(
-    settings, pg_pool, store, available, expected
+    settings, backend, store, available, expected
 ):
     config = settings.model_copy(update={"refill_target": 100})
     await _fill(store, available)
-    health = await check_pool_health(store, RefillJournal(pg_pool), config, POOL)
+    health = await check_pool_health(store, backend.samples, config, POOL)
     assert health.status is expected
     assert health.available == available
     assert health.hours_left is None  # no consumption measured yet
@@ -76,7 +75,7 @@ async def test_health_reads_ok_low_critical_and_empty_from_the_share_of_the_targ
 
 
 async def test_few_hours_left_at_the_current_rate_reads_low_even_with_a_large_share(
-    settings, database_url, pg_pool, store
+    settings, database_url, backend, store
 ):
     # 80 of a target of 100 available, but 20 consumed in the last hour: 4 hours left < 6.
     config = settings.model_copy(update={"refill_target": 100, "refill_sample_min_interval_s": 0})
@@ -85,7 +84,7 @@ async def test_few_hours_left_at_the_current_rate_reads_low_even_with_a_large_sh
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("INSERT INTO pool_level_samples (pool, sampled_at, consumed, available) "
                      "VALUES (%s, now() - interval '1 hour', 0, 100)", (POOL,))
-    health = await check_pool_health(store, RefillJournal(pg_pool), config, POOL)
+    health = await check_pool_health(store, backend.samples, config, POOL)
     assert health.status is HealthStatus.LOW
     assert round(health.consumption_per_hour or 0) == 20
     assert health.hours_left is not None
@@ -94,7 +93,7 @@ async def test_few_hours_left_at_the_current_rate_reads_low_even_with_a_large_sh
 
 
 async def test_an_alert_reaches_sns_on_the_moto_server_and_the_webhook_once_per_change(
-    settings, pg_pool, store, sns_topic, webhook, moto_server
+    settings, backend, store, sns_topic, webhook, moto_server
 ):
     topic_arn, sqs, queue_url = sns_topic
     hook_url, hook_received = webhook
@@ -103,10 +102,10 @@ async def test_an_alert_reaches_sns_on_the_moto_server_and_the_webhook_once_per_
         "alert_webhook_url": hook_url, "alert_timeout_s": 2.0,
     })
     alerter = Alerter(config)
-    journal = RefillJournal(pg_pool)
+    journal = backend.samples
 
     async def check() -> object:
-        return await alerter.on_health(pg_pool, await check_pool_health(store, journal, config, POOL))
+        return await alerter.on_health(backend.samples, await check_pool_health(store, journal, config, POOL))
 
     try:
         await _fill(store, 10)  # LOW
@@ -129,20 +128,20 @@ async def test_an_alert_reaches_sns_on_the_moto_server_and_the_webhook_once_per_
     assert "is LOW" in hook_received[0]["text"]
 
 
-async def test_a_healthy_pool_checked_for_the_first_time_sends_nothing(settings, pg_pool, store, webhook):
+async def test_a_healthy_pool_checked_for_the_first_time_sends_nothing(settings, backend, store, webhook):
     hook_url, hook_received = webhook
     config = settings.model_copy(update={"refill_target": 10, "alert_webhook_url": hook_url})
     await _fill(store, 10)
     alerter = Alerter(config)
     try:
-        sent = await alerter.on_health(pg_pool, await check_pool_health(store, RefillJournal(pg_pool), config, POOL))
+        sent = await alerter.on_health(backend.samples, await check_pool_health(store, backend.samples, config, POOL))
     finally:
         await alerter.aclose()
     assert sent is None
     assert hook_received == []
 
 
-async def test_a_failing_webhook_is_logged_and_counted_without_failing_the_check(settings, pg_pool, store):
+async def test_a_failing_webhook_is_logged_and_counted_without_failing_the_check(settings, backend, store):
     from tokenpool.observability.metrics import POOL_ALERTS
 
     config = settings.model_copy(update={"refill_target": 100, "alert_webhook_url": "http://127.0.0.1:9/nothing",
@@ -150,7 +149,7 @@ async def test_a_failing_webhook_is_logged_and_counted_without_failing_the_check
     before = POOL_ALERTS.labels("webhook", "failed")._value.get()
     alerter = Alerter(config)
     try:
-        sent = await alerter.on_health(pg_pool, await check_pool_health(store, RefillJournal(pg_pool), config, POOL))
+        sent = await alerter.on_health(backend.samples, await check_pool_health(store, backend.samples, config, POOL))
     finally:
         await alerter.aclose()
     assert sent is not None

@@ -174,10 +174,10 @@ def test_a_warm_invocation_reuses_the_database_connection_and_tome_client(lambda
     lambda_refill.handler(SCHEDULED_EVENT, LambdaContext())
     resources = lambda_refill._resources
     assert resources is not None
-    opened_at_cold_start = resources[0].db.get_stats()["connections_num"]
+    opened_at_cold_start = resources[0].db.connections.get_stats()["connections_num"]
     second = lambda_refill.handler({**SCHEDULED_EVENT, "detail": {"count": 5}}, LambdaContext())
     assert lambda_refill._resources is resources
-    assert resources[0].db.get_stats()["connections_num"] == opened_at_cold_start  # none opened since
+    assert resources[0].db.connections.get_stats()["connections_num"] == opened_at_cold_start  # none opened since
     assert (second["outcome"], second["added"]) == ("succeeded", 5)
     capsys.readouterr()
 

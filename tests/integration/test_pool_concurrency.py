@@ -10,8 +10,7 @@ import uuid
 import pytest
 
 from tests.factories import make_pairs
-from tokenpool.db.connection import open_pool
-from tokenpool.db.pool_store import PostgresTokenPool
+from tokenpool import bootstrap
 from tokenpool.pool import PairStatus, PoolExhausted
 from tokenpool.settings import Settings
 
@@ -23,19 +22,17 @@ async def _claim_in_process(database_url: str, tasks: int, claims_per_task: int)
     # Connections are opened before the race and waited for generously: this test is about
     # exclusivity, and a busy server can take seconds to accept 32 new connections at once.
     settings = Settings(db_acquire_timeout_s=30, db_connect_timeout_s=30)
-    pool = await open_pool(database_url, settings, min_size=tasks, max_size=tasks)
-    store = PostgresTokenPool(pool)
     claimed: list[str] = []
+    async with bootstrap.open_backend(database_url, settings, min_size=tasks, max_size=tasks) as backend:
 
-    async def claimer() -> None:
-        for _ in range(claims_per_task):
-            try:
-                claimed.append((await store.reserve(POOL, LEASE)).internal_token)
-            except PoolExhausted:
-                return
+        async def claimer() -> None:
+            for _ in range(claims_per_task):
+                try:
+                    claimed.append((await backend.store.reserve(POOL, LEASE)).internal_token)
+                except PoolExhausted:
+                    return
 
-    await asyncio.gather(*(claimer() for _ in range(tasks)))
-    await pool.close()
+        await asyncio.gather(*(claimer() for _ in range(tasks)))
     return claimed
 
 

@@ -28,9 +28,9 @@ async def load(store, n: int = 5, pool: str = POOL):
     return pairs
 
 
-async def status_of(database_url: str, internal_token: str) -> str:
+async def status_of(database_url: str, external_ref: str) -> str:
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
-        cursor = await conn.execute("SELECT status FROM token_pool WHERE internal_token = %s", (internal_token,))
+        cursor = await conn.execute("SELECT status FROM token_pool WHERE external_ref = %s", (external_ref,))
         row = await cursor.fetchone()
         return row[0]
 
@@ -40,7 +40,7 @@ async def test_a_reservation_leases_an_available_pair(store, database_url):
     reservation = await store.reserve(POOL, LEASE)
     assert reservation.pair in pairs
     assert reservation.pool == POOL
-    assert await status_of(database_url, reservation.internal_token) == "RESERVED"
+    assert await status_of(database_url, reservation.external_ref) == "RESERVED"
 
 
 async def test_commit_marks_the_pair_used_by_the_card(store, database_url):
@@ -48,7 +48,7 @@ async def test_commit_marks_the_pair_used_by_the_card(store, database_url):
     reservation = await store.reserve(POOL, LEASE)
     committed = await store.commit(reservation.reservation_id, "card-1")
     assert committed.pair == reservation.pair
-    assert await status_of(database_url, reservation.internal_token) == "USED"
+    assert await status_of(database_url, reservation.external_ref) == "USED"
 
 
 async def test_commit_is_idempotent_for_the_same_card(store):
@@ -78,7 +78,7 @@ async def test_a_lapsed_lease_cannot_be_committed_even_before_the_janitor_runs(s
     await asyncio.sleep(SHORT_LEASE * 3)
     with pytest.raises(LeaseExpired):
         await store.commit(reservation.reservation_id, "card-1")
-    assert await status_of(database_url, reservation.internal_token) == "RESERVED"
+    assert await status_of(database_url, reservation.external_ref) == "RESERVED"
 
 
 async def test_expire_leases_quarantines_lapsed_reservations(store, database_url):
@@ -89,10 +89,10 @@ async def test_expire_leases_quarantines_lapsed_reservations(store, database_url
     assert await store.expire_leases() == 2
     assert await store.expire_leases() == 0
     for reservation in lapsed:
-        assert await status_of(database_url, reservation.internal_token) == "EXPIRED"
+        assert await status_of(database_url, reservation.external_ref) == "EXPIRED"
         with pytest.raises(LeaseExpired):
             await store.commit(reservation.reservation_id, "card-late")
-    assert await status_of(database_url, live.internal_token) == "RESERVED"
+    assert await status_of(database_url, live.external_ref) == "RESERVED"
 
 
 async def test_expired_pairs_are_never_reissued(store):
@@ -117,7 +117,7 @@ async def test_release_returns_the_pair_to_the_pool(store, database_url):
     await load(store, 1)
     reservation = await store.reserve(POOL, LEASE)
     await store.release(reservation.reservation_id)
-    assert await status_of(database_url, reservation.internal_token) == "AVAILABLE"
+    assert await status_of(database_url, reservation.external_ref) == "AVAILABLE"
     again = await store.reserve(POOL, LEASE)
     assert again.pair == reservation.pair
     assert again.reservation_id != reservation.reservation_id
@@ -197,9 +197,8 @@ ILLEGAL_UPDATES = [
     ("EXPIRED", "UPDATE token_pool SET status = 'AVAILABLE', reservation_id = NULL, lease_expires_at = NULL"
                 " WHERE id = %(id)s"),
     ("EXPIRED", "UPDATE token_pool SET status = 'RESERVED' WHERE id = %(id)s"),
-    ("AVAILABLE", "UPDATE token_pool SET status = 'USED', card_ref = 'c' WHERE id = %(id)s"),
     ("AVAILABLE", "UPDATE token_pool SET status = 'EXPIRED' WHERE id = %(id)s"),
-    ("AVAILABLE", "UPDATE token_pool SET internal_token = 'forged' WHERE id = %(id)s"),
+    ("AVAILABLE", "UPDATE token_pool SET token_digest = sha256('forged') WHERE id = %(id)s"),
     ("AVAILABLE", "UPDATE token_pool SET external_ref = 'forged' WHERE id = %(id)s"),
     ("AVAILABLE", "UPDATE token_pool SET status = 'RESERVED' WHERE id = %(id)s"),  # no lease: CHECK
     ("AVAILABLE", "UPDATE token_pool SET status = 'LOST' WHERE id = %(id)s"),
@@ -221,6 +220,16 @@ async def test_the_database_refuses_an_illegal_change(store, database_url, start
         assert row[1] == start
         with pytest.raises(psycopg.errors.CheckViolation):
             await conn.execute(statement, {"id": row[0]})
+
+
+async def test_a_pair_may_go_from_available_straight_to_used_by_a_card(store, database_url):
+    # Card creation claims and uses a pair in one statement (no lease needed when nothing is in between).
+    await load(store, 1)
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute("UPDATE token_pool SET status = 'USED', card_ref = 'c', used_at = now()")
+        row = await (await conn.execute("SELECT status FROM token_pool")).fetchone()
+    assert row[0] == "USED"
+    assert (await store.stats(POOL)).count(PairStatus.USED) == 1
 
 
 async def test_the_pool_table_cannot_be_truncated(store, database_url):

@@ -12,7 +12,6 @@ import pytest
 
 from tests.integration.refill_support import journal_leftovers, pool_tokens, refill_deps, refill_settings
 from tokenpool.refill.job import refill_pool
-from tokenpool.refill.journal import RefillJournal
 from tokenpool.refill.model import Outcome
 
 POOL = "default"
@@ -91,7 +90,7 @@ async def test_a_lease_left_by_a_crashed_runner_lapses_and_the_next_run_proceeds
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute("UPDATE refill_leases SET expires_at = now() - interval '1 second'")
         after_lapse = await refill_pool(deps, POOL)
-        runs = await RefillJournal(deps.db).recent_runs(POOL)
+        runs = await deps.journal.recent_runs(POOL)
     assert held.outcome is Outcome.SKIPPED_LEASE_HELD
     assert "deadhost:1:abc" in (held.error or "")
     assert (after_lapse.outcome, after_lapse.added) == (Outcome.SUCCEEDED, 10)
@@ -139,7 +138,7 @@ async def test_a_batch_left_issued_but_not_loaded_is_finished_first_by_the_next_
     config = refill_settings(settings, tome, refill_target=20)
     async with refill_deps(config) as deps:
         # A crash after TOME answered and the tokens were journaled, before tokenize/load.
-        journal = RefillJournal(deps.db)
+        journal = deps.journal
         batch_id = uuid.uuid4()
         await journal.record_intent(batch_id, POOL, 10, uuid.uuid4())
         tokens = await deps.tome.issue(config.tome_ns1, 10, idempotency_key=str(batch_id))

@@ -16,9 +16,11 @@ import structlog
 from prometheus_client import REGISTRY
 
 import tokenpool.refill.worker as worker_module
+from tests.fixtures.database import keyring_of
 from tests.integration.refill_support import env_for, refill_deps, refill_settings
 from tokenpool.db.queries import sql
 from tokenpool.db.retention import oldest_transaction_age_s, prune, publish_oldest_transaction_age
+from tokenpool.db.vault_store import pending_token_aad, pool_token_aad
 from tokenpool.observability.metrics import DB_OLDEST_TRANSACTION
 from tokenpool.refill.worker import RefillWorker
 
@@ -32,29 +34,40 @@ def _seed(database_url: str) -> None:
     young ones, a crashed run, unfinished batches, a done batch still referenced, and token_pool
     rows of every status, all far older than any retention."""
     ago = "now() - make_interval(days => %s)"
+    keyring = keyring_of(database_url)
+
+    def sealed(token: str, ref: str) -> tuple[bytes, bytes, int]:
+        return keyring.digest(token), keyring.encrypt(token, pool_token_aad(POOL, ref)), keyring.primary_version
+
     with psycopg.connect(database_url) as conn:
         api_key_id = conn.execute(
             "INSERT INTO api_keys (name, key_hash, scopes) VALUES ('retention', %s, '{cards:write}') "
             "RETURNING api_key_id", (os.urandom(32),)).fetchone()[0]
         tag = uuid.uuid4().hex[:8]
         for status in ("AVAILABLE", "EXPIRED"):
-            conn.execute(f"INSERT INTO token_pool (pool, internal_token, external_ref, status, batch_id, created_at,"
-                         f" expired_at) VALUES (%s, %s, %s, %s, %s, {ago}, CASE WHEN %s = 'EXPIRED' THEN {ago} END)",
-                         (POOL, f"tok-{status}-{tag}", f"ext-{status}-{tag}", status, uuid.uuid4(), 1000,
-                          status, 1000))
-        conn.execute(f"INSERT INTO token_pool (pool, internal_token, external_ref, status, batch_id, created_at,"
-                     f" reservation_id, reserved_at, lease_expires_at) VALUES (%s, %s, %s, 'RESERVED', %s, {ago},"
+            conn.execute(f"INSERT INTO token_pool (pool, token_digest, token_ct, key_version, external_ref, status,"
+                         f" batch_id, created_at, expired_at)"
+                         f" VALUES (%s, %s, %s, %s, %s, %s, %s, {ago}, CASE WHEN %s = 'EXPIRED' THEN {ago} END)",
+                         (POOL, *sealed(f"tok-{status}-{tag}", f"ext-{status}-{tag}"), f"ext-{status}-{tag}", status,
+                          uuid.uuid4(), 1000, status, 1000))
+        conn.execute(f"INSERT INTO token_pool (pool, token_digest, token_ct, key_version, external_ref, status,"
+                     f" batch_id, created_at, reservation_id, reserved_at, lease_expires_at)"
+                     f" VALUES (%s, %s, %s, %s, %s, 'RESERVED', %s, {ago},"
                      f" gen_random_uuid(), now(), now() + interval '1 minute')",
-                     (POOL, f"tok-RESERVED-{tag}", f"ext-RESERVED-{tag}", uuid.uuid4(), 1000))
+                     (POOL, *sealed(f"tok-RESERVED-{tag}", f"ext-RESERVED-{tag}"), f"ext-RESERVED-{tag}",
+                      uuid.uuid4(), 1000))
         # Idempotency-Keys: OLD of 8 days, 2 of 6 days; each with its card and the card's USED pair.
         for i, days in enumerate([8] * OLD + [6] * 2):
             card_id = uuid.uuid4()
-            conn.execute(f"INSERT INTO token_pool (pool, internal_token, external_ref, status, batch_id, created_at,"
-                         f" used_at, card_ref) VALUES (%s, %s, %s, 'USED', %s, {ago}, {ago}, %s)",
-                         (POOL, f"tok-USED-{i}-{tag}", f"ext-USED-{i}-{tag}", card_id, 1000, 1000, str(card_id)))
-            conn.execute(f"INSERT INTO cards (card_id, program, customer_ref, internal_token, external_ref,"
+            digest, ciphertext, version = sealed(f"tok-USED-{i}-{tag}", f"ext-USED-{i}-{tag}")
+            conn.execute(f"INSERT INTO token_pool (pool, token_digest, token_ct, key_version, external_ref, status,"
+                         f" batch_id, created_at, used_at, card_ref)"
+                         f" VALUES (%s, %s, %s, %s, %s, 'USED', %s, {ago}, {ago}, %s)",
+                         (POOL, digest, ciphertext, version, f"ext-USED-{i}-{tag}", card_id, 1000, 1000,
+                          str(card_id)))
+            conn.execute(f"INSERT INTO cards (card_id, program, customer_ref, token_digest, external_ref,"
                          f" token_source, created_at) VALUES (%s, %s, %s, %s, %s, 'pool', {ago})",
-                         (card_id, POOL, f"customer-{i}", f"tok-USED-{i}-{tag}", f"ext-USED-{i}-{tag}", days))
+                         (card_id, POOL, f"customer-{i}", digest, f"ext-USED-{i}-{tag}", days))
             conn.execute(f"INSERT INTO idempotency_keys (api_key_id, idempotency_key, request_hash, card_id,"
                          f" created_at) VALUES (%s, %s, %s, %s, {ago})",
                          (api_key_id, f"key-{i}", os.urandom(32), card_id, days))
@@ -78,8 +91,10 @@ def _seed(database_url: str) -> None:
                          f" VALUES (%s, %s, 1, %s, %s, {ago}, CASE WHEN %s = 'done' THEN {ago} END)",
                          (batch_id, POOL, uuid.uuid4(), state, 400, state, 400))
             if state != "intent":
-                conn.execute("INSERT INTO refill_pending_tokens (batch_id, position, internal_token) "
-                             "VALUES (%s, 1, %s)", (batch_id, f"pending-{state}-{tag}"))
+                conn.execute("INSERT INTO refill_pending_tokens (batch_id, position, token_ct, key_version) "
+                             "VALUES (%s, 1, %s, %s)",
+                             (batch_id, keyring.encrypt(f"pending-{state}-{tag}", pending_token_aad(batch_id, 1)),
+                              keyring.primary_version))
 
 
 def _rows(database_url: str) -> dict[str, int]:
@@ -103,13 +118,13 @@ def seeded(database_url: str) -> str:
     return database_url
 
 
-async def test_prune_deletes_rows_past_their_retention_and_keeps_everything_else(seeded, pg_pool, settings):
+async def test_prune_deletes_rows_past_their_retention_and_keeps_everything_else(seeded, db, settings):
     before = _rows(seeded)
     pool_before = _pool_snapshot(seeded)
     counted_before = {name: _pruned(name) for name in PRUNABLE}
 
-    report = await prune(pg_pool, settings)
-    again = await prune(pg_pool, settings)
+    report = await prune(db, settings)
+    again = await prune(db, settings)
 
     after = _rows(seeded)
     assert report.ok
@@ -129,28 +144,28 @@ async def test_prune_deletes_rows_past_their_retention_and_keeps_everything_else
     assert crashed == [("running",)]
 
 
-async def test_a_dry_run_deletes_nothing_and_counts_what_the_prune_then_deletes(seeded, pg_pool, settings):
+async def test_a_dry_run_deletes_nothing_and_counts_what_the_prune_then_deletes(seeded, db, settings):
     before = _rows(seeded)
-    dry = await prune(pg_pool, settings, dry_run=True)
+    dry = await prune(db, settings, dry_run=True)
     unchanged = _rows(seeded)
-    real = await prune(pg_pool, settings)
+    real = await prune(db, settings)
     assert unchanged == before
     assert dry.dry_run
     assert all(part.chunks == 0 for part in dry.tables)
     assert dry.counts == real.counts == dict.fromkeys(PRUNABLE, OLD)
 
 
-async def test_prune_deletes_in_chunks_of_the_configured_size(seeded, pg_pool, settings):
-    report = await prune(pg_pool, settings.model_copy(update={"retention_chunk_size": 2}))
+async def test_prune_deletes_in_chunks_of_the_configured_size(seeded, db, settings):
+    report = await prune(db, settings.model_copy(update={"retention_chunk_size": 2}))
     assert {part.table: (part.rows, part.chunks) for part in report.tables} == dict.fromkeys(PRUNABLE, (OLD, 3))
     assert {name: count for name, count in _rows(seeded).items() if name in PRUNABLE} == {
         "idempotency_keys": 2, "detokenize_audit": 2, "refill_runs": 2, "refill_batches": 4}
 
 
-async def test_a_table_that_cannot_be_pruned_does_not_keep_the_others_from_their_retention(seeded, pg_pool, settings):
+async def test_a_table_that_cannot_be_pruned_does_not_keep_the_others_from_their_retention(seeded, db, settings):
     with psycopg.connect(seeded, autocommit=True) as conn:
         conn.execute("ALTER TABLE refill_runs RENAME TO refill_runs_elsewhere")
-    report = await prune(pg_pool, settings)
+    report = await prune(db, settings)
     errors = {part.table: part.error for part in report.tables if part.error}
     assert not report.ok
     assert list(errors) == ["refill_runs"]
@@ -198,15 +213,15 @@ def test_db_prune_json_counts_on_a_dry_run_then_prunes(seeded, settings):
         "idempotency_keys": 2, "detokenize_audit": 2, "refill_runs": 2, "refill_batches": 4}
 
 
-async def test_the_oldest_transaction_gauge_reports_a_transaction_held_open(pg_pool, database_url):
+async def test_the_oldest_transaction_gauge_reports_a_transaction_held_open(db, database_url):
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as holder:
         await holder.execute("BEGIN")
         await holder.execute("SELECT 1")
         await asyncio.sleep(1.5)
-        age = await publish_oldest_transaction_age(pg_pool)
+        age = await publish_oldest_transaction_age(db)
         published = REGISTRY.get_sample_value("tokenpool_db_oldest_transaction_seconds")
         await holder.execute("COMMIT")
-    after = await oldest_transaction_age_s(pg_pool)
+    after = await oldest_transaction_age_s(db)
     assert age >= 1.5
     assert published == age
     assert after < 1.0  # the idle pooled connections are in no transaction

@@ -25,8 +25,8 @@ import yaml
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 
+import tokenpool.monitoring.alerts as alerts_module
 import tokenpool.observability.metrics as metrics_module
-import tokenpool.refill.alerts as alerts_module
 import tokenpool.tome.client as tome_client_module
 from tokenpool.cards.model import TokenSource
 from tokenpool.entrypoints.cli import app as cli_app
@@ -109,7 +109,7 @@ def known_label_values() -> dict[tuple[str, str], frozenset[str]]:
         "could not read the TOME outcome labels from tokenpool.tome.client; adjust this test's patterns"
     )
     alert_outcomes = _literals(alerts_module, r'POOL_ALERTS\.labels\([^)]*, "(\w+)"\)')
-    assert alert_outcomes, "could not read the alert outcome labels from tokenpool.refill.alerts"
+    assert alert_outcomes, "could not read the alert outcome labels from tokenpool.monitoring.alerts"
     # Building the app opens nothing (the lifespan does, and it does not run here).
     app = create_app(Settings(), database_url="postgresql://unused", tome_factory=_no_tome)
     routes = set(app.openapi()["paths"]) | {UNMATCHED_ROUTE}

@@ -8,16 +8,16 @@ def test_used_and_expired_are_final():
         assert not [new for new in PairStatus if new != final and is_allowed(final, new)]
 
 
-def test_only_a_reservation_leaves_available():
+def test_available_leaves_only_by_a_reservation_or_straight_to_a_card():
     assert [new for new in PairStatus if new != PairStatus.AVAILABLE and is_allowed(PairStatus.AVAILABLE, new)] == [
-        PairStatus.RESERVED
+        PairStatus.RESERVED, PairStatus.USED
     ]
 
 
 def test_the_migration_guard_lists_exactly_the_allowed_transitions():
     from importlib.resources import files
 
-    migration = files("tokenpool.db").joinpath("migrations/0001_token_pool.sql").read_text()
+    migration = files("tokenpool.db").joinpath("migrations/0008_vault_contract.sql").read_text()
     for old, new in ALLOWED_TRANSITIONS:
         assert f"('{old}', '{new}')" in migration
 

@@ -25,7 +25,8 @@ class SlowTome:
         await asyncio.sleep(self.delay_s)
         self.in_flight -= 1
 
-    async def issue(self, namespace: str, count: int, *, idempotency_key: str) -> list[str]:
+    async def issue(self, namespace: str, count: int, *, idempotency_key: str,
+                    correlation_id: str | None = None) -> list[str]:
         await self._call()
         return [f"{idempotency_key}-{i}" for i in range(count)]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tokenpool.refill.health import HealthStatus, Thresholds, classify, hours_left
+from tokenpool.monitoring.health import HealthStatus, Thresholds, classify, hours_left
 
 THRESHOLDS = Thresholds(low_ratio=0.2, critical_ratio=0.05, low_hours=6.0, critical_hours=1.0)
 

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tokenpool.refill.plan import (
-    SampleSpan,
-    batch_sizes,
-    capped_target,
-    consumption_per_hour,
-    forecast,
-    pairs_to_add,
-)
+from tokenpool.monitoring.forecast import capped_target, consumption_per_hour, forecast
+from tokenpool.pool.model import SampleSpan
+from tokenpool.refill.plan import batch_sizes, pairs_to_add
 
 
 def test_the_consumption_rate_is_the_difference_between_samples_per_hour():

@@ -1,20 +1,42 @@
-"""Versioned migrations: numbered ``.sql`` files in ``migrations/``, applied once each, in order.
+"""Versioned migrations: numbered files in ``migrations/``, applied once each, in order.
 
-Each file runs in its own transaction together with the row that records it, so a failed migration
-leaves nothing behind. Concurrent upgrades serialise on a lock of ``schema_migrations``.
+A migration is SQL (``NNNN_name.sql``) or, where the change needs the application (encrypting rows:
+the keys never reach SQL), Python (``NNNN_name.py`` with ``upgrade(conn, context)``). Each runs in its
+own transaction together with the row that records it, so a failed migration leaves nothing behind.
+Concurrent upgrades serialise on a lock of ``schema_migrations``. The checksum ignores SQL comment
+lines: rewording a comment does not make an applied migration look changed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.resources import files
+from typing import TYPE_CHECKING, Protocol
 
 import psycopg
 
-_FILENAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+if TYPE_CHECKING:
+    from tokenpool.vault import Keyring
+
+_FILENAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(sql|py)$")
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationContext:
+    """What a Python migration may need besides the connection. ``keyring(conn)`` loads (or creates)
+    the vault's keys; None when the caller has no key provider (then a migration that must encrypt
+    rows fails with a clear message)."""
+
+    keyring: Callable[[psycopg.Connection], Keyring] | None = None
+
+
+class PythonMigration(Protocol):
+    def upgrade(self, conn: psycopg.Connection, context: MigrationContext) -> None: ...
 
 _CREATE_LEDGER = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -30,11 +52,27 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 class Migration:
     version: int
     name: str
-    sql: str = field(repr=False)
+    sql: str = field(repr=False)  # the file's text (SQL, or the Python module's source)
+    kind: str = "sql"
 
     @property
     def checksum(self) -> str:
+        lines = self.sql.splitlines()
+        if self.kind == "sql":
+            lines = [line for line in lines if not line.lstrip().startswith("--")]
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+    @property
+    def full_text_checksum(self) -> str:
+        """How databases migrated before comments were ignored recorded it."""
         return hashlib.sha256(self.sql.encode()).hexdigest()[:16]
+
+    def apply(self, conn: psycopg.Connection, context: MigrationContext) -> None:
+        if self.kind == "sql":
+            conn.execute(self.sql.encode())
+            return
+        module: PythonMigration = importlib.import_module(f"tokenpool.db.migrations.{self.version:04d}_{self.name}")
+        module.upgrade(conn, context)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +92,8 @@ def available_migrations() -> list[Migration]:
     for entry in files("tokenpool.db").joinpath("migrations").iterdir():
         match = _FILENAME.match(entry.name)
         if match:
-            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
+            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8"),
+                                   match.group(3)))
     return sorted(found, key=lambda m: m.version)
 
 
@@ -63,17 +102,20 @@ def _applied(conn: psycopg.Connection) -> dict[int, tuple[str, datetime]]:
     return {version: (checksum, applied_at) for version, checksum, applied_at in rows}
 
 
-def upgrade(url: str) -> list[Migration]:
-    """Applies every pending migration; returns those it applied (none when up to date)."""
+def upgrade(url: str, context: MigrationContext | None = None, *, target: int | None = None) -> list[Migration]:
+    """Applies every pending migration (up to ``target``); returns those it applied (none when up to date)."""
+    context = context or MigrationContext()
     applied_now: list[Migration] = []
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(_CREATE_LEDGER)
         for migration in available_migrations():
+            if target is not None and migration.version > target:
+                break
             with conn.transaction():
                 conn.execute("LOCK TABLE schema_migrations IN SHARE ROW EXCLUSIVE MODE")
                 if migration.version in _applied(conn):
                     continue
-                conn.execute(migration.sql.encode())
+                migration.apply(conn, context)
                 conn.execute(
                     "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
                     (migration.version, migration.name, migration.checksum),
@@ -89,7 +131,6 @@ def status(url: str) -> list[MigrationStatus]:
     result = []
     for migration in available_migrations():
         checksum, applied_at = applied.get(migration.version, (migration.checksum, None))
-        result.append(
-            MigrationStatus(migration.version, migration.name, applied_at, checksum == migration.checksum)
-        )
+        matches = checksum in (migration.checksum, migration.full_text_checksum)
+        result.append(MigrationStatus(migration.version, migration.name, applied_at, matches))
     return result

@@ -1,21 +1,26 @@
-"""The pool store on PostgreSQL: reserve / commit / release / expire / lookup / add_pairs / stats.
+"""The token pool on PostgreSQL: reserve / commit / release / expire / lookup / add_pairs / stats.
 
-Every method is one statement (one round trip) on the happy path; the SQL is in ``queries.sql``.
+Every method is one statement (one round trip) on the happy path; the SQL is in ``queries.sql``. Internal
+tokens are sealed here on the way in and opened on the way out (``Vault``): callers only see clear pairs.
+Methods taking ``conn`` run on that connection, inside the caller's transaction.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-import psycopg
-from psycopg import AsyncConnection
-from psycopg.rows import TupleRow
-from psycopg_pool import AsyncConnectionPool
+from psycopg import errors as pg_errors
+from psycopg.rows import class_row
 
+from tokenpool.db.database import Database
 from tokenpool.db.queries import sql
+from tokenpool.db.types import Conn
+from tokenpool.db.vault_store import SealedToken, Vault, pool_token_aad
 from tokenpool.observability.metrics import (
     POOL_COMMITS,
     POOL_LEASES_EXPIRED,
@@ -34,55 +39,44 @@ from tokenpool.pool.model import PairStatus, PoolStats, Reservation, TokenPair
 # claim_key is drawn from [0, 9.2e18); a claim starts at a uniform point of the same range.
 CLAIM_KEY_RANGE = 9_200_000_000_000_000_000
 
-Conn = AsyncConnection[TupleRow]
-
 
 def random_claim_start() -> int:
     return random.randrange(CLAIM_KEY_RANGE)
 
 
-def _reservation(row: Sequence[Any]) -> Reservation:
-    reservation_id, pool, internal_token, external_ref, lease_expires_at = row[:5]
-    return Reservation(reservation_id, pool, internal_token, external_ref, lease_expires_at)
+@dataclass(frozen=True, slots=True)
+class _SealedReservation:
+    reservation_id: UUID
+    pool: str
+    token_ct: bytes
+    external_ref: str
+    lease_expires_at: datetime
 
 
-async def copy_pairs(conn: Conn, pool: str, pairs: Sequence[TokenPair], batch_id: UUID) -> int:
-    """The body of ``add_pairs`` on the caller's connection, inside the caller's transaction.
+@dataclass(frozen=True, slots=True)
+class _ReservationState:
+    reservation_id: UUID
+    pool: str
+    token_ct: bytes
+    external_ref: str
+    lease_expires_at: datetime
+    status: str
+    card_ref: str | None
+    lapsed: bool
 
-    The refill job uses it so a batch's pairs commit together with its journal entry.
-    """
-    await conn.execute(sql("create_staging"))
-    async with conn.cursor().copy(sql("copy_staging")) as copy:
-        for pair in pairs:
-            await copy.write_row((pair.internal_token, pair.external_ref))
-    params = {"pool": pool, "batch_id": batch_id}
-    try:
-        async with conn.transaction():  # a savepoint: a unique violation undoes only this statement
-            cursor = await conn.execute(sql("load_staging_new"), params)
-    except psycopg.errors.UniqueViolation:
-        cursor = await conn.execute(sql("load_staging"), params)
-    added = cursor.rowcount
-    if added < len(pairs):
-        # Some staged pairs were skipped: already stored (fine) or contradicting (not fine). Checked
-        # only now so the common load of all-new pairs pays nothing for it; raising rolls the insert
-        # back with the rest of the transaction.
-        cursor = await conn.execute(sql("staging_conflicts"), {"pool": pool})
-        row = await cursor.fetchone()
-        if row and row[0]:
-            raise PairConflict(int(row[0]))
-    POOL_PAIRS_ADDED.labels(pool).inc(added)  # counted before the caller commits: a rollback after is rare
-    return added
+
+@dataclass(frozen=True, slots=True)
+class _StatusCount:
+    status: str
+    n: int
 
 
 class PostgresTokenPool:
-    """Implements :class:`tokenpool.pool.ports.TokenPoolStore` over a psycopg connection pool.
+    """The pool store: implements the reservation protocol and the bulk load over a :class:`Database`."""
 
-    Methods taking ``conn`` run on that connection instead of a pooled one, so a caller can make a
-    reservation part of its own transaction (card creation: claim + insert card, atomically).
-    """
-
-    def __init__(self, pool: AsyncConnectionPool[Conn]) -> None:
-        self._pool = pool
+    def __init__(self, db: Database, vault: Vault) -> None:
+        self._db = db
+        self._vault = vault
 
     async def reserve(self, pool: str, lease_seconds: float, *, conn: Conn | None = None) -> Reservation:
         reservations = await self.reserve_many(pool, 1, lease_seconds, conn=conn)
@@ -97,24 +91,26 @@ class PostgresTokenPool:
         if n < 1:
             raise ValueError("n must be at least 1")
         params = {"pool": pool, "n": n, "start": random_claim_start(), "lease_seconds": lease_seconds}
-        rows = await self._fetch("reserve", params, conn)
+        rows = await self._fetch("reserve", params, _SealedReservation, conn)
         POOL_RESERVATIONS.labels(pool, "reserved").inc(len(rows))
         if len(rows) < n:
             POOL_RESERVATIONS.labels(pool, "exhausted").inc(n - len(rows))
-        return [_reservation(row) for row in rows]
+        return await self._open(rows)
 
     async def commit(self, reservation_id: UUID, card_ref: str, *, conn: Conn | None = None) -> Reservation:
         """RESERVED -> USED. Idempotent for the same card; raises for any other outcome."""
         params = {"reservation_id": reservation_id, "card_ref": card_ref}
-        rows = await self._fetch("commit", params, conn)
+        rows = await self._fetch("commit", params, _SealedReservation, conn)
         if rows:
             POOL_COMMITS.labels("committed").inc()
-            return _reservation(rows[0])
+            return (await self._open(rows))[0]
         state = await self._reservation_state(reservation_id, conn)
-        if state["status"] == PairStatus.USED:
-            if state["card_ref"] == card_ref:
+        if state.status == PairStatus.USED:
+            if state.card_ref == card_ref:
                 POOL_COMMITS.labels("replayed").inc()
-                return _reservation(state["row"])
+                sealed = _SealedReservation(state.reservation_id, state.pool, state.token_ct, state.external_ref,
+                                            state.lease_expires_at)
+                return (await self._open([sealed]))[0]
             POOL_COMMITS.labels("conflict").inc()
             raise ReservationConflict(reservation_id, "already committed to another card")
         POOL_COMMITS.labels("lease_expired").inc()
@@ -122,10 +118,10 @@ class PostgresTokenPool:
 
     async def release(self, reservation_id: UUID, *, conn: Conn | None = None) -> None:
         """RESERVED -> AVAILABLE, while the lease holds (after it lapses the pair is quarantined)."""
-        if await self._fetch("release", {"reservation_id": reservation_id}, conn):
+        if await self._execute("release", {"reservation_id": reservation_id}, conn):
             return
         state = await self._reservation_state(reservation_id, conn)
-        if state["status"] == PairStatus.USED:
+        if state.status == PairStatus.USED:
             raise ReservationConflict(reservation_id, "committed; a used pair cannot be released")
         raise LeaseExpired(reservation_id)
 
@@ -133,19 +129,20 @@ class PostgresTokenPool:
         """Quarantines every lapsed reservation, ``limit`` per statement; returns how many."""
         total = 0
         while True:
-            async with self._pool.connection() as conn:
-                cursor = await conn.execute(sql("expire_leases"), {"limit": limit})
-                expired = cursor.rowcount
+            expired = await self._execute("expire_leases", {"limit": limit}, None)
             total += expired
             POOL_LEASES_EXPIRED.inc(expired)  # per statement: each one committed on its own
             if expired < limit:
                 return total
 
     async def lookup(self, external_refs: Sequence[str], *, conn: Conn | None = None) -> dict[str, str]:
+        """External reference IDs -> internal tokens, for the refs the pool holds."""
         if not external_refs:
             return {}
-        rows = await self._fetch("lookup", {"external_refs": list(external_refs)}, conn)
-        return {external_ref: internal_token for external_ref, internal_token in rows}
+        rows = await self._fetch("lookup", {"external_refs": list(external_refs)}, _Sealed, conn)
+        tokens = await self._vault.open_all([(row.token_ct, pool_token_aad(row.pool, row.external_ref))
+                                             for row in rows])
+        return {row.external_ref: token for row, token in zip(rows, tokens, strict=True)}
 
     async def add_pairs(self, pool: str, pairs: Sequence[TokenPair], batch_id: UUID) -> int:
         """Bulk-loads pairs with COPY; returns how many were new. A pair already stored is skipped.
@@ -155,8 +152,65 @@ class PostgresTokenPool:
         """
         if not pairs:
             return 0
-        async with self._pool.connection() as conn, conn.transaction():
-            return await copy_pairs(conn, pool, pairs, batch_id)
+        async with self._db.transaction() as conn:
+            return await self.copy_pairs(conn, pool, pairs, batch_id)
+
+    async def copy_pairs(self, conn: Conn, pool: str, pairs: Sequence[TokenPair], batch_id: UUID) -> int:
+        """The body of ``add_pairs`` on the caller's connection, inside the caller's transaction.
+
+        The refill job uses it so a batch's pairs commit together with its journal entry.
+        """
+        await self._vault.ready()
+        await conn.execute(sql("create_staging"))
+        vault = self._vault
+        async with conn.cursor().copy(sql("copy_staging")) as copy:
+            copy.set_types(["bytea", "bytea", "int4", "text"])
+            for pair in pairs:
+                sealed = vault.seal(pair.internal_token, pool_token_aad(pool, pair.external_ref))
+                await copy.write_row((sealed.digest, sealed.ciphertext, sealed.key_version, pair.external_ref))
+        params = {"pool": pool, "batch_id": batch_id}
+        try:
+            async with conn.transaction():  # a savepoint: a unique violation undoes only this statement
+                cursor = await conn.execute(sql("load_staging_new"), params)
+        except pg_errors.UniqueViolation:
+            cursor = await conn.execute(sql("load_staging"), params)
+        added = cursor.rowcount
+        if added < len(pairs):
+            # Some staged pairs were skipped: already stored (fine) or contradicting (not fine). Checked
+            # only now so the common load of all-new pairs pays nothing for it; raising rolls the insert
+            # back with the rest of the transaction.
+            row = await (await conn.execute(sql("staging_conflicts"), {"pool": pool})).fetchone()
+            if row and row[0]:
+                raise PairConflict(int(row[0]))
+        POOL_PAIRS_ADDED.labels(pool).inc(added)  # counted before the caller commits: a rollback after is rare
+        return added
+
+    def seal(self, pool: str, pair: TokenPair) -> SealedToken:
+        return self._vault.seal(pair.internal_token, pool_token_aad(pool, pair.external_ref))
+
+    async def insert_used_pair(self, conn: Conn, pool: str, pair: TokenPair, card_id: UUID) -> None:
+        """A pair obtained from TOME for one card, stored as USED by it (in the card's transaction)."""
+        await self._vault.ready()
+        sealed = self.seal(pool, pair)
+        await conn.execute(sql("pair_insert_used"), {
+            "pool": pool, "token_digest": sealed.digest, "token_ct": sealed.ciphertext,
+            "key_version": sealed.key_version, "external_ref": pair.external_ref, "card_id": card_id,
+        })
+
+    async def insert_reserved_pair(self, conn: Conn, pool: str, pair: TokenPair, batch_id: UUID,
+                                   lease_seconds: float) -> Reservation:
+        """A pair obtained from TOME for a reservation, stored RESERVED with a lease like any claimed pair."""
+        await self._vault.ready()
+        sealed = self.seal(pool, pair)
+        cursor = conn.cursor(row_factory=class_row(_SealedReservation))
+        await cursor.execute(sql("pair_insert_reserved"), {
+            "pool": pool, "token_digest": sealed.digest, "token_ct": sealed.ciphertext,
+            "key_version": sealed.key_version, "external_ref": pair.external_ref, "batch_id": batch_id,
+            "lease_seconds": lease_seconds,
+        })
+        row = await cursor.fetchone()
+        assert row is not None
+        return Reservation(row.reservation_id, row.pool, pair.internal_token, row.external_ref, row.lease_expires_at)
 
     async def stats(self, pool: str) -> PoolStats:
         return await self._stats("stats", pool)
@@ -166,23 +220,46 @@ class PostgresTokenPool:
         return await self._stats("exact_stats", pool)
 
     async def list_pools(self) -> list[str]:
-        return [row[0] for row in await self._fetch("list_pools", {}, None)]
+        async with self._db.connection() as conn:
+            rows = await (await conn.execute(sql("list_pools"))).fetchall()
+        return [str(row[0]) for row in rows]
 
     async def _stats(self, query: str, pool: str) -> PoolStats:
-        rows = await self._fetch(query, {"pool": pool}, None)
-        return PoolStats(pool, {PairStatus(status): int(n) for status, n in rows if n})
+        rows = await self._fetch(query, {"pool": pool}, _StatusCount, None)
+        return PoolStats(pool, {PairStatus(row.status): int(row.n) for row in rows if row.n})
 
-    async def _reservation_state(self, reservation_id: UUID, conn: Conn | None) -> dict[str, Any]:
-        rows = await self._fetch("reservation_state", {"reservation_id": reservation_id}, conn)
+    async def _reservation_state(self, reservation_id: UUID, conn: Conn | None) -> _ReservationState:
+        rows = await self._fetch("reservation_state", {"reservation_id": reservation_id}, _ReservationState, conn)
         if not rows:
             raise UnknownReservation(reservation_id)
-        row = rows[0]
-        return {"row": row, "status": PairStatus(row[5]), "card_ref": row[6], "lapsed": row[7]}
+        state: _ReservationState = rows[0]
+        return state
 
-    async def _fetch(self, query: str, params: dict[str, Any], conn: Conn | None) -> list[tuple[Any, ...]]:
+    async def _open(self, rows: Sequence[_SealedReservation]) -> list[Reservation]:
+        tokens = await self._vault.open_all([(row.token_ct, pool_token_aad(row.pool, row.external_ref))
+                                             for row in rows])
+        return [Reservation(row.reservation_id, row.pool, token, row.external_ref, row.lease_expires_at)
+                for row, token in zip(rows, tokens, strict=True)]
+
+    async def _fetch(self, query: str, params: dict[str, Any], row_type: type[Any], conn: Conn | None) -> list[Any]:
         if conn is not None:
-            cursor = await conn.execute(sql(query), params)
-            return await cursor.fetchall() if cursor.description else []
-        async with self._pool.connection() as pooled:
-            cursor = await pooled.execute(sql(query), params)
-            return await cursor.fetchall() if cursor.description else []
+            cursor = conn.cursor(row_factory=class_row(row_type))
+            await cursor.execute(sql(query), params)
+            return await cursor.fetchall()
+        async with self._db.connection() as pooled:
+            cursor = pooled.cursor(row_factory=class_row(row_type))
+            await cursor.execute(sql(query), params)
+            return await cursor.fetchall()
+
+    async def _execute(self, query: str, params: dict[str, Any], conn: Conn | None) -> int:
+        if conn is not None:
+            return (await conn.execute(sql(query), params)).rowcount
+        async with self._db.connection() as pooled:
+            return (await pooled.execute(sql(query), params)).rowcount
+
+
+@dataclass(frozen=True, slots=True)
+class _Sealed:
+    external_ref: str
+    pool: str
+    token_ct: bytes

@@ -1,6 +1,11 @@
 -- Every statement tokenpool sends to PostgreSQL. Each starts with a header line `-- name --`
 -- and a one-line description; tokenpool.db.queries parses this file into a dict by name.
--- Parameters use psycopg's %(name)s style.
+-- Parameters use psycopg's %(name)s style. Only the stores in tokenpool/db/ run them, and they read
+-- rows by column name (psycopg class_row), so reordering a SELECT's columns cannot misassign a field.
+--
+-- Internal tokens never appear in clear: token_ct is their AES-256-GCM ciphertext (naming its key
+-- version), token_digest their HMAC-SHA-256 digest, both computed in the application
+-- (tokenpool.vault, docs/security.md); external_ref is the lookup key and stays in clear.
 
 -- reserve --
 -- Claim up to n AVAILABLE pairs of a pool and lease them: one statement, one round trip.
@@ -38,7 +43,7 @@ SET status = 'RESERVED',
     lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
 FROM claimed
 WHERE t.id = claimed.id
-RETURNING t.reservation_id, t.pool, t.internal_token, t.external_ref, t.lease_expires_at;
+RETURNING t.reservation_id, t.pool, t.token_ct, t.external_ref, t.lease_expires_at;
 
 -- commit --
 -- Mark a reserved pair USED by a card; matches nothing when the reservation is unknown, finished or lapsed.
@@ -47,7 +52,7 @@ RETURNING t.reservation_id, t.pool, t.internal_token, t.external_ref, t.lease_ex
 UPDATE token_pool
 SET status = 'USED', card_ref = %(card_ref)s, used_at = now()
 WHERE reservation_id = %(reservation_id)s AND status = 'RESERVED' AND lease_expires_at > now()
-RETURNING reservation_id, pool, internal_token, external_ref, lease_expires_at;
+RETURNING reservation_id, pool, token_ct, external_ref, lease_expires_at;
 
 -- release --
 -- Give a reserved pair back to the pool (its holder did not use it) while the lease still holds.
@@ -58,7 +63,7 @@ RETURNING id;
 
 -- reservation_state --
 -- Why a commit or release matched nothing: read the reservation as it is now.
-SELECT reservation_id, pool, internal_token, external_ref, lease_expires_at, status, card_ref,
+SELECT reservation_id, pool, token_ct, external_ref, lease_expires_at, status, card_ref,
        lease_expires_at <= now() AS lapsed
 FROM token_pool
 WHERE reservation_id = %(reservation_id)s;
@@ -80,34 +85,36 @@ FROM lapsed
 WHERE t.id = lapsed.id;
 
 -- lookup --
--- Detokenize from the pool: external reference IDs -> internal tokens, one round trip for the batch.
-SELECT external_ref, internal_token
+-- Detokenize from the pool: external reference IDs -> sealed internal tokens, one round trip for the batch.
+SELECT external_ref, pool, token_ct
 FROM token_pool
 WHERE external_ref = ANY(%(external_refs)s);
 
 -- create_staging --
 -- Per-connection staging table for COPY; emptied at the end of every transaction.
 CREATE TEMP TABLE IF NOT EXISTS token_pool_staging (
-    internal_token text NOT NULL,
-    external_ref   text NOT NULL
+    token_digest bytea NOT NULL,
+    token_ct     bytea NOT NULL,
+    key_version  int   NOT NULL,
+    external_ref text  NOT NULL
 ) ON COMMIT DELETE ROWS;
 
 -- copy_staging --
 -- Bulk load of pairs into the staging table (COPY: one stream instead of one row per statement).
-COPY token_pool_staging (internal_token, external_ref) FROM STDIN;
+COPY token_pool_staging (token_digest, token_ct, key_version, external_ref) FROM STDIN (FORMAT BINARY);
 
 -- staging_conflicts --
 -- Staged pairs that disagree with a stored pair or with each other (same token, other partner or pool).
 -- Four separate probes rather than one OR-ed EXISTS, so each is a join on a unique index.
 SELECT
-    (SELECT count(*) FROM token_pool_staging s JOIN token_pool t ON t.internal_token = s.internal_token
+    (SELECT count(*) FROM token_pool_staging s JOIN token_pool t ON t.token_digest = s.token_digest
      WHERE t.external_ref <> s.external_ref OR t.pool <> %(pool)s)
   + (SELECT count(*) FROM token_pool_staging s JOIN token_pool t ON t.external_ref = s.external_ref
-     WHERE t.internal_token <> s.internal_token)
-  + (SELECT count(*) FROM (SELECT internal_token FROM token_pool_staging
-                           GROUP BY internal_token HAVING count(DISTINCT external_ref) > 1) AS twice_token)
+     WHERE t.token_digest <> s.token_digest)
+  + (SELECT count(*) FROM (SELECT token_digest FROM token_pool_staging
+                           GROUP BY token_digest HAVING count(DISTINCT external_ref) > 1) AS twice_token)
   + (SELECT count(*) FROM (SELECT external_ref FROM token_pool_staging
-                           GROUP BY external_ref HAVING count(DISTINCT internal_token) > 1) AS twice_ref);
+                           GROUP BY external_ref HAVING count(DISTINCT token_digest) > 1) AS twice_ref);
 
 -- load_staging_new --
 -- The fast load: insert the staged pairs whose internal token is not stored yet, as a plain insert.
@@ -115,15 +122,15 @@ SELECT
 -- in 1.68 s against 2.35 s on PostgreSQL 15). Two loads of the same new pair at once, a pair staged
 -- twice, or a contradicting reference end in a unique violation instead; the caller then rolls back
 -- to its savepoint and runs load_staging, which skips what is there.
-INSERT INTO token_pool (pool, internal_token, external_ref, batch_id)
-SELECT %(pool)s, s.internal_token, s.external_ref, %(batch_id)s
+INSERT INTO token_pool (pool, token_digest, token_ct, key_version, external_ref, batch_id)
+SELECT %(pool)s, s.token_digest, s.token_ct, s.key_version, s.external_ref, %(batch_id)s
 FROM token_pool_staging s
-WHERE NOT EXISTS (SELECT 1 FROM token_pool t WHERE t.internal_token = s.internal_token);
+WHERE NOT EXISTS (SELECT 1 FROM token_pool t WHERE t.token_digest = s.token_digest);
 
 -- load_staging --
 -- Move staged pairs into the pool; pairs already there are skipped, which makes a reload idempotent.
-INSERT INTO token_pool (pool, internal_token, external_ref, batch_id)
-SELECT %(pool)s, internal_token, external_ref, %(batch_id)s FROM token_pool_staging
+INSERT INTO token_pool (pool, token_digest, token_ct, key_version, external_ref, batch_id)
+SELECT %(pool)s, token_digest, token_ct, key_version, external_ref, %(batch_id)s FROM token_pool_staging
 ON CONFLICT DO NOTHING;
 
 -- stats --
@@ -144,23 +151,77 @@ GROUP BY status;
 -- Pools that have ever held a pair.
 SELECT DISTINCT pool FROM token_pool_counts ORDER BY pool;
 
--- ===== service (issue 5: cards, detokenize, API keys, idempotency, audit, runtime config) =====
+-- ===== The HTTP service: cards, detokenize, API keys, idempotency, audit, runtime config =====
 
 -- ping --
 -- Readiness probe: the database answers.
 SELECT 1;
 
+-- card_create_from_pool --
+-- A card from the pool in ONE statement (one round trip, its own transaction in autocommit): claim an
+-- AVAILABLE pair, take the Idempotency-Key, mark the pair USED by the card, insert the card.
+-- Why AVAILABLE -> USED with no RESERVED step: claim and commit are atomic here, so no lease is needed
+-- (the status machine allows this one shortcut, 0008_vault_contract.sql).
+-- Why the key is taken only once a pair is claimed: with the pool empty nothing is written, and the
+-- caller's TOME path takes the key itself. A concurrent retry with the same key waits on the key's
+-- unique index until the first statement ends, then inserts nothing: its pair stays AVAILABLE (its
+-- UPDATE requires the key) and key_claimed = false tells the caller to read the first card.
+-- The claim is the reserve statement's (random start, wrap-around; see reserve) with LIMIT 1.
+WITH after_start AS (
+    SELECT id FROM token_pool
+    WHERE pool = %(pool)s AND status = 'AVAILABLE' AND claim_key >= %(start)s
+    ORDER BY claim_key
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), before_start AS (
+    SELECT id FROM token_pool
+    WHERE pool = %(pool)s AND status = 'AVAILABLE' AND claim_key < %(start)s
+    ORDER BY claim_key
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    SELECT id FROM after_start
+    UNION ALL
+    SELECT id FROM before_start
+    LIMIT 1
+), key AS (
+    INSERT INTO idempotency_keys (api_key_id, idempotency_key, request_hash, card_id)
+    SELECT %(api_key_id)s, %(idempotency_key)s, %(request_hash)s, %(card_id)s
+    WHERE %(idempotency_key)s::text IS NOT NULL AND EXISTS (SELECT 1 FROM claimed)
+    ON CONFLICT (api_key_id, idempotency_key) DO NOTHING
+    RETURNING card_id
+), used AS (
+    UPDATE token_pool AS t
+    SET status = 'USED', card_ref = %(card_id)s::text, used_at = now()
+    FROM claimed
+    WHERE t.id = claimed.id AND (%(idempotency_key)s::text IS NULL OR EXISTS (SELECT 1 FROM key))
+    RETURNING t.token_digest, t.token_ct, t.external_ref
+), card AS (
+    INSERT INTO cards (card_id, program, customer_ref, token_digest, external_ref, token_source)
+    SELECT %(card_id)s, %(pool)s, %(customer_ref)s, used.token_digest, used.external_ref, 'pool'
+    FROM used
+    RETURNING card_id, program, customer_ref, external_ref, token_source, created_at
+)
+SELECT EXISTS (SELECT 1 FROM claimed) AS pair_claimed,
+       (%(idempotency_key)s::text IS NULL OR EXISTS (SELECT 1 FROM key)) AS key_claimed,
+       card.card_id, card.program, card.customer_ref, card.external_ref, card.token_source, card.created_at,
+       used.token_ct
+FROM (SELECT) AS one
+LEFT JOIN card ON true
+LEFT JOIN used ON true;
+
 -- card_insert --
--- A new card with both tokens of its pair; runs in the transaction that took (or inserted) the pair.
-INSERT INTO cards (card_id, program, customer_ref, internal_token, external_ref, token_source)
-VALUES (%(card_id)s, %(program)s, %(customer_ref)s, %(internal_token)s, %(external_ref)s, %(token_source)s)
-RETURNING card_id, program, customer_ref, internal_token, external_ref, token_source, created_at;
+-- A new card on a pair obtained from TOME; runs in the transaction that inserted the pair.
+INSERT INTO cards (card_id, program, customer_ref, token_digest, external_ref, token_source)
+VALUES (%(card_id)s, %(program)s, %(customer_ref)s, %(token_digest)s, %(external_ref)s, %(token_source)s)
+RETURNING card_id, program, customer_ref, external_ref, token_source, created_at;
 
 -- card_get --
--- One card by id.
-SELECT card_id, program, customer_ref, internal_token, external_ref, token_source, created_at
-FROM cards
-WHERE card_id = %(card_id)s;
+-- One card by id, with its pair's sealed token (the card stores only the token's digest).
+SELECT c.card_id, c.program, c.customer_ref, c.external_ref, c.token_source, c.created_at, p.pool, p.token_ct
+FROM cards c
+JOIN token_pool p ON p.token_digest = c.token_digest
+WHERE c.card_id = %(card_id)s;
 
 -- tome_fallback_intent --
 -- Journal one pair the service is about to ask TOME for, in its own short transaction, BEFORE the call:
@@ -173,17 +234,18 @@ VALUES (%(batch_id)s, %(pool)s, 1, %(batch_id)s, 'service');
 -- A pair obtained from TOME for one card (pool empty, or canary), recorded as USED by that card.
 -- An INSERT is not a status transition, so the status machine allows it; the CHECK wants card_ref.
 -- batch_id is the card's id: such a pair is a batch of its own.
-INSERT INTO token_pool (pool, internal_token, external_ref, status, batch_id, used_at, card_ref)
-VALUES (%(pool)s, %(internal_token)s, %(external_ref)s, 'USED', %(card_id)s, now(), %(card_id)s::text);
+INSERT INTO token_pool (pool, token_digest, token_ct, key_version, external_ref, status, batch_id, used_at, card_ref)
+VALUES (%(pool)s, %(token_digest)s, %(token_ct)s, %(key_version)s, %(external_ref)s, 'USED', %(card_id)s, now(),
+        %(card_id)s::text);
 
 -- pair_insert_reserved --
 -- A pair obtained from TOME for POST /v1/reservations when the pool is empty, recorded as RESERVED
 -- with a lease, so that commit, release and the lease sweep treat it like any claimed pair.
-INSERT INTO token_pool (pool, internal_token, external_ref, status, batch_id, reservation_id,
+INSERT INTO token_pool (pool, token_digest, token_ct, key_version, external_ref, status, batch_id, reservation_id,
                         reserved_at, lease_expires_at)
-VALUES (%(pool)s, %(internal_token)s, %(external_ref)s, 'RESERVED', %(batch_id)s, gen_random_uuid(),
-        now(), now() + make_interval(secs => %(lease_seconds)s))
-RETURNING reservation_id, pool, internal_token, external_ref, lease_expires_at;
+VALUES (%(pool)s, %(token_digest)s, %(token_ct)s, %(key_version)s, %(external_ref)s, 'RESERVED', %(batch_id)s,
+        gen_random_uuid(), now(), now() + make_interval(secs => %(lease_seconds)s))
+RETURNING reservation_id, pool, token_ct, external_ref, lease_expires_at;
 
 -- idempotency_claim --
 -- Take an Idempotency-Key for a card about to be created. When another transaction holds the same key
@@ -196,23 +258,24 @@ RETURNING card_id;
 
 -- idempotency_get --
 -- The card an Idempotency-Key already created, with the fingerprint of the request that created it.
-SELECT k.request_hash, c.card_id, c.program, c.customer_ref, c.internal_token, c.external_ref,
-       c.token_source, c.created_at
+SELECT k.request_hash, c.card_id, c.program, c.customer_ref, c.external_ref, c.token_source, c.created_at,
+       p.pool, p.token_ct
 FROM idempotency_keys k
 JOIN cards c ON c.card_id = k.card_id
+JOIN token_pool p ON p.token_digest = c.token_digest
 WHERE k.api_key_id = %(api_key_id)s AND k.idempotency_key = %(idempotency_key)s;
 
 -- detokenize_local --
 -- Detokenize from the database in one round trip: the pool (every pair it ever held, incl. pairs
 -- fetched from TOME for cards) and the pairs learned from TOME NS2 earlier.
-SELECT external_ref, internal_token FROM token_pool WHERE external_ref = ANY(%(external_refs)s)
+SELECT external_ref, pool, token_ct FROM token_pool WHERE external_ref = ANY(%(external_refs)s)
 UNION ALL
-SELECT external_ref, internal_token FROM learned_pairs WHERE external_ref = ANY(%(external_refs)s);
+SELECT external_ref, NULL, token_ct FROM learned_pairs WHERE external_ref = ANY(%(external_refs)s);
 
 -- learned_pairs_insert --
 -- Remember pairs that TOME NS2 answered, so the next detokenize of these refs stays local.
-INSERT INTO learned_pairs (external_ref, internal_token)
-SELECT * FROM unnest(%(external_refs)s::text[], %(internal_tokens)s::text[])
+INSERT INTO learned_pairs (external_ref, token_ct, key_version)
+SELECT * FROM unnest(%(external_refs)s::text[], %(token_cts)s::bytea[], %(key_versions)s::int[])
 ON CONFLICT (external_ref) DO NOTHING;
 
 -- detokenize_audit_insert --
@@ -226,7 +289,7 @@ VALUES (%(api_key_name)s, %(correlation_id)s, %(client_addr)s, %(outcome)s, %(re
 -- A new API key (its SHA-256 only).
 INSERT INTO api_keys (name, key_hash, scopes)
 VALUES (%(name)s, %(key_hash)s, %(scopes)s)
-RETURNING api_key_id, name, scopes, created_at;
+RETURNING api_key_id, name, scopes;
 
 -- api_key_revoke --
 -- Revoke a key by name; the row stays for the audit trail.
@@ -257,7 +320,7 @@ ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now();
 -- Remove a runtime setting; instances fall back to their environment default.
 DELETE FROM runtime_config WHERE key = %(key)s;
 
--- ===== refill (issue 4: lease, batch journal, runs, consumption samples, alert state) =====
+-- ===== The refill: lease, batch journal, runs, consumption samples, alert state =====
 
 -- refill_lease_acquire --
 -- Take the pool's refill lease if it is free, lapsed, or already ours; returns a row only on success.
@@ -326,9 +389,9 @@ ORDER BY created_at;
 -- refill_pending_tokens_insert --
 -- Record the tokens TOME issued for a batch before tokenizing them. A replayed issue (same key) gives
 -- the same tokens in the same order, so a second insert of the same batch changes nothing.
-INSERT INTO refill_pending_tokens (batch_id, position, internal_token)
-SELECT %(batch_id)s, t.position, t.internal_token
-FROM unnest(%(internal_tokens)s::text[]) WITH ORDINALITY AS t(internal_token, position)
+INSERT INTO refill_pending_tokens (batch_id, position, token_ct, key_version)
+SELECT %(batch_id)s, t.position, t.token_ct, t.key_version
+FROM unnest(%(token_cts)s::bytea[], %(key_versions)s::int[]) WITH ORDINALITY AS t(token_ct, key_version, position)
 ON CONFLICT (batch_id, position) DO NOTHING;
 
 -- refill_batch_mark_issued --
@@ -338,7 +401,7 @@ WHERE batch_id = %(batch_id)s AND state = 'intent';
 
 -- refill_pending_tokens_get --
 -- A batch's issued tokens, in TOME's order.
-SELECT internal_token FROM refill_pending_tokens WHERE batch_id = %(batch_id)s ORDER BY position;
+SELECT position, token_ct FROM refill_pending_tokens WHERE batch_id = %(batch_id)s ORDER BY position;
 
 -- refill_pending_tokens_delete --
 -- The batch's pairs are in token_pool (same transaction): its pending tokens are no longer needed.
@@ -371,7 +434,8 @@ ON CONFLICT DO NOTHING;
 -- pool_sample_span --
 -- The oldest and newest consumption samples inside the window: the consumption rate between them.
 -- Two index probes on the primary key, whatever the number of samples.
-SELECT first.consumed, last.consumed, extract(epoch FROM last.sampled_at - first.sampled_at)::float8
+SELECT first.consumed AS first_consumed, last.consumed AS last_consumed,
+       extract(epoch FROM last.sampled_at - first.sampled_at)::float8 AS seconds
 FROM (SELECT consumed, sampled_at FROM pool_level_samples
       WHERE pool = %(pool)s AND sampled_at >= now() - make_interval(secs => %(window_s)s)
       ORDER BY sampled_at LIMIT 1) AS first,
@@ -492,3 +556,81 @@ WHERE datname = current_database()
   AND pid <> pg_backend_pid()
   AND backend_type = 'client backend'
   AND xact_start IS NOT NULL;
+
+-- ===== The vault: wrapped keys, re-encryption (tokenpool keys ...; docs/security.md) =====
+
+-- vault_keys_get --
+-- Every wrapped key (a handful of rows); the process unwraps them with the key provider.
+SELECT purpose, version, wrapped, kek_id FROM vault_keys ORDER BY purpose, version;
+
+-- vault_key_insert --
+-- The first keys, created by whichever process needs them first; a concurrent first start inserts nothing.
+INSERT INTO vault_keys (purpose, version, wrapped, kek_id)
+VALUES (%(purpose)s, %(version)s, %(wrapped)s, %(kek_id)s)
+ON CONFLICT (purpose, version) DO NOTHING;
+
+-- vault_data_key_next --
+-- A new data-key version (keys rotate): the next number, in one statement. Two rotations at once: the
+-- second fails on the primary key and is retried by the operator, never two keys under one version.
+INSERT INTO vault_keys (purpose, version, wrapped, kek_id)
+SELECT 'data', coalesce(max(version), 0) + 1, %(wrapped)s, %(kek_id)s FROM vault_keys WHERE purpose = 'data'
+RETURNING version;
+
+-- vault_key_rewrap --
+-- One key re-wrapped under the current key-encryption key; compare-and-set on the old wrapping.
+UPDATE vault_keys SET wrapped = %(wrapped)s, kek_id = %(kek_id)s
+WHERE purpose = %(purpose)s AND version = %(version)s AND wrapped = %(old_wrapped)s;
+
+-- vault_version_counts --
+-- Sealed tokens per table and key version (keys status). Index-only scans on the key_version indexes for
+-- token_pool and learned_pairs; refill_pending_tokens holds a few batches at most.
+SELECT 'token_pool' AS table_name, key_version, count(*)::bigint AS rows FROM token_pool GROUP BY key_version
+UNION ALL
+SELECT 'learned_pairs', key_version, count(*)::bigint FROM learned_pairs GROUP BY key_version
+UNION ALL
+SELECT 'refill_pending_tokens', key_version, count(*)::bigint FROM refill_pending_tokens GROUP BY key_version
+ORDER BY 1, 2;
+
+-- reencrypt_token_pool_page --
+-- The next page of pairs sealed under an older key version, by id (keyset: resumable, no OFFSET). No lock:
+-- the write below is a compare-and-set.
+SELECT id, pool, external_ref, token_ct FROM token_pool
+WHERE key_version = %(key_version)s AND id > %(after_id)s
+ORDER BY key_version, id
+LIMIT %(limit)s;
+
+-- reencrypt_token_pool_write --
+-- The page re-sealed under the primary key. Compare-and-set on the old ciphertext: a row changed since
+-- the page was read keeps its value (the next run picks it up). Short: a page is one statement.
+UPDATE token_pool AS t
+SET token_ct = u.new_ct, key_version = %(key_version)s
+FROM unnest(%(ids)s::bigint[], %(old_cts)s::bytea[], %(new_cts)s::bytea[]) AS u(id, old_ct, new_ct)
+WHERE t.id = u.id AND t.token_ct = u.old_ct;
+
+-- reencrypt_learned_pairs_page --
+-- As reencrypt_token_pool_page, for pairs learned from TOME (keyset on external_ref).
+SELECT external_ref, token_ct FROM learned_pairs
+WHERE key_version = %(key_version)s AND external_ref > %(after_ref)s
+ORDER BY key_version, external_ref
+LIMIT %(limit)s;
+
+-- reencrypt_learned_pairs_write --
+-- As reencrypt_token_pool_write.
+UPDATE learned_pairs AS t
+SET token_ct = u.new_ct, key_version = %(key_version)s
+FROM unnest(%(refs)s::text[], %(old_cts)s::bytea[], %(new_cts)s::bytea[]) AS u(external_ref, old_ct, new_ct)
+WHERE t.external_ref = u.external_ref AND t.token_ct = u.old_ct;
+
+-- reencrypt_pending_tokens_page --
+-- As reencrypt_token_pool_page, for the refill journal's issued tokens (a few batches at most).
+SELECT batch_id, position, token_ct FROM refill_pending_tokens
+WHERE key_version = %(key_version)s
+LIMIT %(limit)s;
+
+-- reencrypt_pending_tokens_write --
+-- As reencrypt_token_pool_write.
+UPDATE refill_pending_tokens AS t
+SET token_ct = u.new_ct, key_version = %(key_version)s
+FROM unnest(%(batch_ids)s::uuid[], %(positions)s::int[], %(old_cts)s::bytea[], %(new_cts)s::bytea[])
+     AS u(batch_id, position, old_ct, new_ct)
+WHERE t.batch_id = u.batch_id AND t.position = u.position AND t.token_ct = u.old_ct;

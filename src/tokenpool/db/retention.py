@@ -18,10 +18,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
-from psycopg import AsyncConnection
-from psycopg.rows import TupleRow
-from psycopg_pool import AsyncConnectionPool
-
+from tokenpool.db.database import Database
 from tokenpool.db.queries import sql
 from tokenpool.observability.logging import get_logger
 from tokenpool.observability.masking import mask_text
@@ -29,8 +26,6 @@ from tokenpool.observability.metrics import DB_OLDEST_TRANSACTION, ROWS_PRUNED
 from tokenpool.settings import Settings
 
 log = get_logger(__name__)
-
-Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
 
 
 def retention_policy(settings: Settings) -> dict[str, timedelta]:
@@ -97,7 +92,7 @@ async def delete_in_chunks(delete_chunk: Callable[[], Awaitable[int]], chunk_siz
     return rows, chunks
 
 
-async def prune(db: Pool, settings: Settings, *, dry_run: bool = False,
+async def prune(db: Database, settings: Settings, *, dry_run: bool = False,
                 stop: asyncio.Event | None = None) -> PruneReport:
     """Deletes every row past its retention (``dry_run``: counts them, deletes nothing).
 
@@ -126,7 +121,7 @@ async def prune(db: Pool, settings: Settings, *, dry_run: bool = False,
     return PruneReport(dry_run, tuple(results))
 
 
-async def _database_now(db: Pool) -> datetime:
+async def _database_now(db: Database) -> datetime:
     async with db.connection() as conn:
         row = await (await conn.execute(sql("retention_now"))).fetchone()
     if row is None:
@@ -135,13 +130,13 @@ async def _database_now(db: Pool) -> datetime:
     return now
 
 
-async def _count(db: Pool, table: str, cutoff: datetime) -> int:
+async def _count(db: Database, table: str, cutoff: datetime) -> int:
     async with db.connection() as conn:
         row = await (await conn.execute(sql(f"retention_count_{table}"), {"cutoff": cutoff})).fetchone()
     return int(row[0]) if row else 0
 
 
-async def _delete_chunk(db: Pool, table: str, cutoff: datetime, limit: int) -> int:
+async def _delete_chunk(db: Database, table: str, cutoff: datetime, limit: int) -> int:
     # A connection per chunk, in autocommit: the chunk is one short transaction, and the pool is not
     # held away from the refill or the janitor for the length of a long backlog.
     async with db.connection() as conn:
@@ -151,14 +146,14 @@ async def _delete_chunk(db: Pool, table: str, cutoff: datetime, limit: int) -> i
     return max(cursor.rowcount, 0)
 
 
-async def oldest_transaction_age_s(db: Pool) -> float:
+async def oldest_transaction_age_s(db: Database) -> float:
     """Seconds since the oldest open transaction in the database (other than ours) began; 0 when none."""
     async with db.connection() as conn:
         row = await (await conn.execute(sql("db_oldest_transaction_age"))).fetchone()
     return float(row[0]) if row else 0.0
 
 
-async def publish_oldest_transaction_age(db: Pool) -> float:
+async def publish_oldest_transaction_age(db: Database) -> float:
     """Reads :func:`oldest_transaction_age_s` into ``tokenpool_db_oldest_transaction_seconds``; returns it."""
     age = await oldest_transaction_age_s(db)
     DB_OLDEST_TRANSACTION.set(age)

@@ -147,7 +147,7 @@ async def _seed(settings: Settings, pool: str, count: int) -> int:
 
 async def _prune(settings: Settings, dry_run: bool) -> retention.PruneReport:
     async with bootstrap.open_database(settings, max_size=2) as db:
-        return await retention.prune(db.pool, settings, dry_run=dry_run)
+        return await retention.prune(db.db, settings, dry_run=dry_run)
 
 
 def _print_prune(report: retention.PruneReport) -> None:

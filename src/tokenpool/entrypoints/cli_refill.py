@@ -26,7 +26,7 @@ from tokenpool.refill.model import Outcome, RefillResult
 from tokenpool.settings import Settings, get_settings
 
 if TYPE_CHECKING:  # imported when used: keeps `tokenpool --help` fast
-    from tokenpool.refill.health import PoolHealth
+    from tokenpool.monitoring.health import PoolHealth
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -131,16 +131,15 @@ def health(
 
 async def _health(settings: Settings, pool: str, alert: bool) -> PoolHealth:
     from tokenpool import bootstrap
-    from tokenpool.refill.alerts import Alerter
-    from tokenpool.refill.health import check_pool_health
-    from tokenpool.refill.journal import RefillJournal
+    from tokenpool.monitoring.alerts import Alerter
+    from tokenpool.monitoring.health import check_pool_health
 
-    async with bootstrap.open_database(settings, max_size=2) as db:
-        report = await check_pool_health(db.store, RefillJournal(db.pool), settings, pool)
+    async with bootstrap.open_database(settings, max_size=2) as backend:
+        report = await check_pool_health(backend.store, backend.samples, settings, pool)
         if alert:
             alerter = Alerter(settings)
             try:
-                await alerter.on_health(db.pool, report)
+                await alerter.on_health(backend.samples, report)
             finally:
                 await alerter.aclose()
         return report

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -37,16 +38,27 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    ssl_certfile: Annotated[
+        Path | None,
+        typer.Option("--ssl-certfile", exists=True, dir_okay=False, help="Serve HTTPS with this certificate (PEM)."),
+    ] = None,
+    ssl_keyfile: Annotated[
+        Path | None, typer.Option("--ssl-keyfile", exists=True, dir_okay=False, help="Key of --ssl-certfile (PEM).")
+    ] = None,
 ) -> None:
-    """Run the card and detokenize HTTP API (FastAPI on uvicorn)."""
+    """Run the card and detokenize HTTP API (FastAPI on uvicorn); HTTPS with --ssl-certfile and --ssl-keyfile."""
     import uvicorn
 
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise typer.BadParameter("--ssl-certfile and --ssl-keyfile go together: give both or neither")
     uvicorn.run(
         "tokenpool.entrypoints.api:create_app_from_env",
         factory=True,
         host=host,
         port=port,
         workers=workers,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
         access_log=False,  # the service logs every request itself, as JSON with its correlation id
         timeout_graceful_shutdown=10,
         # uvicorn's default (5 s) is shorter than any balancer's or client pool's idle timeout: a request
@@ -146,14 +158,14 @@ async def _create_key(settings: Settings, name: str, scopes: list[str]) -> Any:
 
 async def _with_keys(settings: Settings, action: Any) -> Any:
     async with bootstrap.open_database(settings, max_size=2) as db:
-        return await action(ApiKeys(db.pool))
+        return await action(ApiKeys(db.db))
 
 
 async def _write(settings: Settings, key: str, value: Any) -> None:
     async with bootstrap.open_database(settings, max_size=2) as db:
-        await write(db.pool, key, value)
+        await write(db.db, key, value)
 
 
 async def _read(settings: Settings) -> dict[str, Any]:
     async with bootstrap.open_database(settings, max_size=2) as db:
-        return await read_all(db.pool)
+        return await read_all(db.db)

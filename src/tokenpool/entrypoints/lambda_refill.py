@@ -25,12 +25,11 @@ import structlog
 
 from tokenpool import bootstrap
 from tokenpool.aws.emf import emit
+from tokenpool.monitoring.alerts import Alerter
+from tokenpool.monitoring.health import check_pool_health
 from tokenpool.observability.logging import configure_logging, get_logger
 from tokenpool.pool.model import PairStatus
-from tokenpool.refill.alerts import Alerter
-from tokenpool.refill.health import check_pool_health
 from tokenpool.refill.job import RefillDeps, refill_pool
-from tokenpool.refill.journal import RefillJournal
 from tokenpool.refill.model import Trigger
 from tokenpool.refill.reporting import emf_documents
 from tokenpool.settings import Settings, get_settings
@@ -128,11 +127,11 @@ async def _check_health(deps: RefillDeps, settings: Settings, pool: str, budget_
         return None
     try:
         async with asyncio.timeout(budget_s):
-            health = await check_pool_health(deps.store, RefillJournal(deps.db), settings, pool)
+            health = await check_pool_health(deps.store, deps.samples, settings, pool)
             if settings.alert_sns_topic_arn or settings.alert_webhook_url:
                 if _alerter is None:
                     _alerter = Alerter(settings)
-                await _alerter.on_health(deps.db, health)
+                await _alerter.on_health(deps.samples, health)
     except Exception as exc:
         log.warning("lambda.health_check_failed", pool=pool, error=f"{type(exc).__name__}: {exc}")
         return None

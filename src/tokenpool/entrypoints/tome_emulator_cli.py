@@ -31,11 +31,30 @@ def tome_emulator(
         float, typer.Option("--corrupt-rate", min=0, max=1, help="Share of answers missing their last item.")
     ] = 0,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Most items per request; over: 413.")] = 2_500,
+    ssl_certfile: Annotated[
+        Path | None, typer.Option("--ssl-certfile", help="Serve HTTPS with this certificate (PEM).")
+    ] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option("--ssl-keyfile", help="Key of --ssl-certfile (PEM).")] = None,
+    ssl_client_ca: Annotated[
+        Path | None, typer.Option("--ssl-client-ca", help="Require client certificates signed by this CA.")
+    ] = None,
+    bearer_token_file: Annotated[
+        Path | None,
+        typer.Option("--bearer-token-file", help="Require Authorization: Bearer <the token in this file>."),
+    ] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
 ) -> None:
     """Run the TOME emulator: the contract of docs/tome-api.md, fault injection, a ledger. Faults can be
     changed at run time with PUT /_admin/faults."""
-    from tokenpool.tome.emulator import Faults, serve  # deferred: keeps `tokenpool --help` fast
+    # deferred: keeps `tokenpool --help` fast
+    from tokenpool.tome.client import read_bearer_token
+    from tokenpool.tome.emulator import Faults, ServerTls, serve
+
+    try:
+        tls = ServerTls.from_flags(ssl_certfile, ssl_keyfile, ssl_client_ca)
+        token = read_bearer_token(bearer_token_file) if bearer_token_file is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
     faults = Faults(
         latency_ms=latency_ms,
@@ -47,4 +66,4 @@ def tome_emulator(
         corrupt_rate=corrupt_rate,
         max_batch=max_batch,
     )
-    serve(host, port, db, faults, log_level=log_level)
+    serve(host, port, db, faults, log_level=log_level, tls=tls, bearer_token=token)

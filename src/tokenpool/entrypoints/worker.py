@@ -9,8 +9,8 @@ import signal
 from prometheus_client import start_http_server
 
 from tokenpool import bootstrap
+from tokenpool.monitoring.alerts import Alerter
 from tokenpool.observability.logging import get_logger
-from tokenpool.refill.alerts import Alerter
 from tokenpool.refill.worker import RefillWorker
 from tokenpool.settings import Settings
 

@@ -1,11 +1,12 @@
 """Value objects of the pool and the status machine every pair follows.
 
     AVAILABLE --reserve--> RESERVED --commit--> USED          (final)
-                              |  \\--release--> AVAILABLE     (holder says it did not use the pair)
-                              \\----lapse----> EXPIRED        (quarantined: the holder may have used it)
+        |                     |  \\--release--> AVAILABLE     (holder says it did not use the pair)
+        |                     \\----lapse----> EXPIRED        (quarantined: the holder may have used it)
+        \\---------------card---------------> USED          (claim and commit in one statement)
 
-The same transitions are enforced in the database (``token_pool_guard_transitions`` in the first
-migration); ``ALLOWED_TRANSITIONS`` is the reference both are tested against.
+The same transitions are enforced in the database (``token_pool_guard_transitions``, last replaced in
+migration 0008); ``ALLOWED_TRANSITIONS`` is the reference both are tested against.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class PairStatus(StrEnum):
 ALLOWED_TRANSITIONS: frozenset[tuple[PairStatus, PairStatus]] = frozenset(
     {
         (PairStatus.AVAILABLE, PairStatus.RESERVED),
+        (PairStatus.AVAILABLE, PairStatus.USED),
         (PairStatus.RESERVED, PairStatus.USED),
         (PairStatus.RESERVED, PairStatus.AVAILABLE),
         (PairStatus.RESERVED, PairStatus.EXPIRED),
@@ -80,3 +82,13 @@ class PoolStats:
         out.update({status.value.lower(): self.count(status) for status in PairStatus})
         out["total"] = self.total
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class SampleSpan:
+    """Oldest and newest consumption samples of a pool in the forecast window (consumed = reserved + used +
+    expired, from the trigger-kept counts)."""
+
+    first_consumed: int
+    last_consumed: int
+    seconds: float

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from aiolimiter import AsyncLimiter
 
-from tokenpool.refill.ports import RefillTome
+from tokenpool.issuance import PairTome
 
 T = TypeVar("T")
 
@@ -31,14 +31,21 @@ class TomeBudget:
             return await call()
 
 
+class CountingTome(PairTome, Protocol):
+    """A TOME that counts its HTTP attempts (for refill_runs.tome_requests): the client."""
+
+    @property
+    def requests_made(self) -> int: ...
+
+
 class BudgetedTome:
-    """A :class:`RefillTome` whose calls each pass the budget first.
+    """A :class:`PairTome` whose calls each pass the budget first.
 
     One logical call counts once against the budget; the client's own retries of it (backoff,
     Retry-After) happen inside that slot, so they too are bounded by the in-flight cap.
     """
 
-    def __init__(self, tome: RefillTome, budget: TomeBudget) -> None:
+    def __init__(self, tome: CountingTome, budget: TomeBudget) -> None:
         self._tome = tome
         self._budget = budget
 
@@ -46,8 +53,10 @@ class BudgetedTome:
     def requests_made(self) -> int:
         return self._tome.requests_made
 
-    async def issue(self, namespace: str, count: int, *, idempotency_key: str) -> list[str]:
-        return await self._budget.run(lambda: self._tome.issue(namespace, count, idempotency_key=idempotency_key))
+    async def issue(self, namespace: str, count: int, *, idempotency_key: str,
+                    correlation_id: str | None = None) -> list[str]:
+        return await self._budget.run(lambda: self._tome.issue(namespace, count, idempotency_key=idempotency_key,
+                                                               correlation_id=correlation_id))
 
     async def tokenize(self, namespace: str, values: Sequence[str]) -> list[str]:
         return await self._budget.run(lambda: self._tome.tokenize(namespace, values))

@@ -3,7 +3,7 @@
 A run: take the pool's lease (or report who holds it) -> finish every batch an earlier run left
 unfinished -> decide how many pairs to add (target = max(configured, capped forecast), or exactly --count)
 -> issue, record, tokenize and load them batch by batch, within the TOME budget -> record the run.
-Crash safety comes from the batch journal (journal.py); see docs/refill.md.
+Crash safety comes from the TOME journal (tokenpool.issuance); see docs/refill.md.
 """
 
 from __future__ import annotations
@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID
 
-from psycopg import AsyncConnection
-from psycopg.rows import TupleRow
-from psycopg_pool import AsyncConnectionPool
-
+from tokenpool.db.database import Database
+from tokenpool.db.journal_store import JournalStore, RunRecord, RunResultRecord, UnfinishedBatch
+from tokenpool.db.lease_store import LeaseStore
+from tokenpool.db.monitoring_store import MonitoringStore
 from tokenpool.db.pool_store import PostgresTokenPool
+from tokenpool.issuance import TomePairs
+from tokenpool.monitoring.consumption import observe
+from tokenpool.monitoring.forecast import fill_target
 from tokenpool.observability.logging import get_logger
 from tokenpool.observability.masking import mask_text
 from tokenpool.observability.metrics import (
@@ -32,18 +35,14 @@ from tokenpool.observability.metrics import (
     REFILL_TOME_REQUESTS,
 )
 from tokenpool.pool.model import PairStatus, TokenPair
-from tokenpool.refill.budget import BudgetedTome, TomeBudget
-from tokenpool.refill.consumption import observe
-from tokenpool.refill.journal import RefillJournal, UnfinishedBatch
+from tokenpool.refill.budget import BudgetedTome, CountingTome, TomeBudget
 from tokenpool.refill.lease import RefillLease, new_holder_id
 from tokenpool.refill.model import LeaseHeld, LeaseLost, Outcome, RefillPlan, RefillResult, Trigger
-from tokenpool.refill.plan import batch_sizes, fill_target, pairs_to_add
-from tokenpool.refill.ports import RefillTome
+from tokenpool.refill.plan import batch_sizes, pairs_to_add
 from tokenpool.settings import Settings
 
 log = get_logger(__name__)
 
-Conn = AsyncConnection[TupleRow]
 Progress = Callable[[int, int], None]
 """``progress(pairs_loaded_so_far, pairs_planned)``, called after each batch."""
 
@@ -51,9 +50,12 @@ Progress = Callable[[int, int], None]
 @dataclass(frozen=True, slots=True)
 class RefillDeps:
     settings: Settings
-    db: AsyncConnectionPool[Conn]
+    db: Database
     store: PostgresTokenPool
-    tome: RefillTome
+    journal: JournalStore
+    leases: LeaseStore
+    samples: MonitoringStore
+    tome: CountingTome
 
 
 async def refill_pool(
@@ -81,11 +83,12 @@ class _Run:
         self.trigger = trigger
         self.stop = stop
         self.progress = progress
-        self.journal = RefillJournal(deps.db)
+        self.journal = deps.journal
         self.budget = TomeBudget(self.settings.refill_tome_max_rps, self.settings.refill_tome_max_in_flight)
-        self.tome = BudgetedTome(deps.tome, self.budget)
+        self.pairs = TomePairs(BudgetedTome(deps.tome, self.budget), deps.journal, self.settings.tome_ns1,
+                               self.settings.tome_ns2)
         self.result = RefillResult(run_id=uuid.uuid4(), pool=pool, outcome=Outcome.RUNNING)
-        self.lease = RefillLease(deps.db, pool, new_holder_id(), self.settings.refill_lease_ttl_s)
+        self.lease = RefillLease(deps.leases, pool, new_holder_id(), self.settings.refill_lease_ttl_s)
         self.batch_size = min(self.settings.refill_batch_size, self.settings.tome_batch_size)
         self._loaded = 0
         self._planned = 0
@@ -97,7 +100,7 @@ class _Run:
                  holder=self.lease.holder, count=self.explicit_count)
         try:
             async with self.lease.held():
-                await self.journal.start_run(self.result.run_id, self.pool, self.trigger.value, self.lease.holder)
+                await self.journal.start_run(self._run_record(Outcome.RUNNING))
                 try:
                     await self._work()
                 except asyncio.CancelledError:
@@ -119,8 +122,7 @@ class _Run:
                 Outcome.SKIPPED_LEASE_HELD, str(exc), exc.holder)
             self.result.duration_s = time.monotonic() - started
             try:
-                await self.journal.start_run(self.result.run_id, self.pool, self.trigger.value, self.lease.holder,
-                                             Outcome.SKIPPED_LEASE_HELD, str(exc))
+                await self.journal.start_run(self._run_record(Outcome.SKIPPED_LEASE_HELD, str(exc)))
             except Exception as record_error:
                 log.warning("refill.run_record_failed", pool=self.pool, error=_reason(record_error))
             self._metrics()
@@ -175,9 +177,12 @@ class _Run:
         else:
             self.result.outcome = Outcome.SUCCEEDED
 
+    def _run_record(self, outcome: Outcome, error: str | None = None) -> RunRecord:
+        return RunRecord(self.result.run_id, self.pool, self.trigger.value, self.lease.holder, outcome.value, error)
+
     async def _plan(self) -> RefillPlan:
-        observation = await observe(self.deps.store, self.journal, self.settings, self.pool)
-        await self.journal.prune_samples(self.pool, self.settings.refill_sample_keep_s)
+        observation = await observe(self.deps.store, self.deps.samples, self.settings, self.pool)
+        await self.deps.samples.prune_samples(self.pool, self.settings.refill_sample_keep_s)
         rate = observation.consumption_per_hour
         expected, target = fill_target(rate, self.settings)
         available = observation.stats.available
@@ -189,8 +194,10 @@ class _Run:
         batch_id = uuid.uuid4()
         await self.journal.record_intent(batch_id, self.pool, size, self.result.run_id)
         log.info("refill.batch_intent", pool=self.pool, batch_id=str(batch_id), count=size)
-        tokens = await self._issue(batch_id, size)
-        await self._tokenize_and_load(batch_id, tokens)
+        tokens = await self.pairs.issue(batch_id, size, correlation_id=f"refill-{batch_id}")
+        await self.journal.record_issued(batch_id, tokens)
+        log.info("refill.batch_issued", pool=self.pool, batch_id=str(batch_id), count=len(tokens))
+        await self._load(batch_id, await self.pairs.tokenize(tokens))
 
     async def _finish_unfinished(self, batch: UnfinishedBatch) -> int:
         log.info("refill.batch_recovering", pool=self.pool, batch_id=str(batch.batch_id), state=batch.state,
@@ -203,20 +210,9 @@ class _Run:
                 # cards, but the ledger will show them unmatched).
                 log.warning("refill.intent_older_than_idempotency_retention", pool=self.pool,
                             batch_id=str(batch.batch_id), age_s=round(age_s))
-            tokens = await self._issue(batch.batch_id, batch.count)
-        else:
-            tokens = await self.journal.pending_tokens(batch.batch_id)
-        return await self._tokenize_and_load(batch.batch_id, tokens)
+        return await self._load(batch.batch_id, await self.pairs.recover(batch))
 
-    async def _issue(self, batch_id: UUID, size: int) -> list[str]:
-        tokens = await self.tome.issue(self.settings.tome_ns1, size, idempotency_key=str(batch_id))
-        await self.journal.record_issued(batch_id, tokens)
-        log.info("refill.batch_issued", pool=self.pool, batch_id=str(batch_id), count=len(tokens))
-        return tokens
-
-    async def _tokenize_and_load(self, batch_id: UUID, tokens: list[str]) -> int:
-        refs = await self.tome.tokenize(self.settings.tome_ns2, tokens)
-        pairs = [TokenPair(token, ref) for token, ref in zip(tokens, refs, strict=True)]
+    async def _load(self, batch_id: UUID, pairs: list[TokenPair]) -> int:
         added = await self.journal.load_batch(self.pool, batch_id, self.result.run_id, pairs, self.lease.renew)
         self.result.added += added
         self._loaded += len(pairs)
@@ -227,7 +223,10 @@ class _Run:
 
     async def _record(self) -> None:
         try:
-            await self.journal.finish_run(self.result)
+            result = self.result
+            await self.journal.finish_run(RunResultRecord(
+                result.run_id, result.target, result.requested, result.recovered, result.added,
+                result.tome_requests, result.outcome.value, result.error))
         except Exception as exc:  # the run's outcome is still returned and logged
             log.error("refill.run_record_failed", pool=self.pool, run_id=str(self.result.run_id), error=str(exc))
         self._metrics()

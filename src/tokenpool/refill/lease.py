@@ -14,17 +14,12 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
-from psycopg import AsyncConnection
-from psycopg.rows import TupleRow
-from psycopg_pool import AsyncConnectionPool
-
-from tokenpool.db.queries import sql
+from tokenpool.db.lease_store import LeaseStore
+from tokenpool.db.types import Conn
 from tokenpool.observability.logging import get_logger
 from tokenpool.refill.model import LeaseHeld, LeaseLost
 
 log = get_logger(__name__)
-
-Conn = AsyncConnection[TupleRow]
 
 
 def new_holder_id() -> str:
@@ -34,8 +29,8 @@ def new_holder_id() -> str:
 
 
 class RefillLease:
-    def __init__(self, db: AsyncConnectionPool[Conn], pool: str, holder: str, ttl_s: float) -> None:
-        self.db = db
+    def __init__(self, leases: LeaseStore, pool: str, holder: str, ttl_s: float) -> None:
+        self.leases = leases
         self.pool = pool
         self.holder = holder
         self.ttl_s = ttl_s
@@ -43,34 +38,24 @@ class RefillLease:
 
     async def acquire(self) -> None:
         """Raises :class:`LeaseHeld` naming the current holder when the lease is not free."""
-        params = {"pool": self.pool, "holder": self.holder, "ttl_s": self.ttl_s}
-        async with self.db.connection() as conn:
-            row = await (await conn.execute(sql("refill_lease_acquire"), params)).fetchone()
-            if row is not None:
-                return
-            current = await (await conn.execute(sql("refill_lease_get"), {"pool": self.pool})).fetchone()
+        if await self.leases.acquire(self.pool, self.holder, self.ttl_s) is not None:
+            return
+        current = await self.leases.current(self.pool)
         if current is None:  # released between our two statements: try once more
             return await self.acquire()
-        raise LeaseHeld(self.pool, str(current[0]), current[1])
+        raise LeaseHeld(self.pool, current.holder, current.expires_at)
 
     async def renew(self, conn: Conn | None = None) -> None:
         """Extends the lease; raises :class:`LeaseLost` if someone else holds it now.
 
         Given ``conn``, runs in the caller's transaction: that is the fence of a batch load.
         """
-        params = {"pool": self.pool, "holder": self.holder, "ttl_s": self.ttl_s}
-        if conn is not None:
-            row = await (await conn.execute(sql("refill_lease_renew"), params)).fetchone()
-        else:
-            async with self.db.connection() as pooled:
-                row = await (await pooled.execute(sql("refill_lease_renew"), params)).fetchone()
-        if row is None:
+        if not await self.leases.renew(self.pool, self.holder, self.ttl_s, conn):
             self.lost.set()
             raise LeaseLost(self.pool, self.holder)
 
     async def release(self) -> None:
-        async with self.db.connection() as conn:
-            await conn.execute(sql("refill_lease_release"), {"pool": self.pool, "holder": self.holder})
+        await self.leases.release(self.pool, self.holder)
 
     async def _heartbeat(self) -> None:
         interval = self.ttl_s / 3

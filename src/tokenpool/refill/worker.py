@@ -16,12 +16,11 @@ import math
 import time
 
 from tokenpool.db.retention import prune, publish_oldest_transaction_age
+from tokenpool.monitoring.alerts import Alerter
+from tokenpool.monitoring.health import check_pool_health
 from tokenpool.observability.logging import get_logger
 from tokenpool.observability.metrics import DB_OLDEST_TRANSACTION
-from tokenpool.refill.alerts import Alerter
-from tokenpool.refill.health import check_pool_health
 from tokenpool.refill.job import RefillDeps, refill_pool
-from tokenpool.refill.journal import RefillJournal
 from tokenpool.refill.model import Outcome, Trigger
 
 FIRST_PRUNE_DELAY_S = 900.0
@@ -39,7 +38,6 @@ class RefillWorker:
         self.pools = pools
         self.alerter = alerter
         self.stop = stop or asyncio.Event()
-        self.journal = RefillJournal(deps.db)
         now = time.monotonic()
         self._next_scheduled = dict.fromkeys(pools, now)  # a starting worker refills at once
         self._not_before = dict.fromkeys(pools, now)  # backoff after a failed run
@@ -102,9 +100,9 @@ class RefillWorker:
             await self._sleep(self.settings.worker_poll_s)
 
     async def _tend(self, pool: str) -> None:
-        health = await check_pool_health(self.deps.store, self.journal, self.settings, pool)
+        health = await check_pool_health(self.deps.store, self.deps.samples, self.settings, pool)
         if self.alerter is not None:
-            await self.alerter.on_health(self.deps.db, health)
+            await self.alerter.on_health(self.deps.samples, health)
         now = time.monotonic()
         watermark = self.settings.refill_low_watermark_ratio * health.target
         trigger: Trigger | None = None

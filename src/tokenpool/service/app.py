@@ -1,9 +1,9 @@
-"""The FastAPI application factory.
+"""The FastAPI application factory, and the one mapping from domain errors to problem responses.
 
 ``create_app(settings, database_url=..., tome_factory=...)`` builds an app whose lifespan opens the
-database pool (without waiting for the database) and the TOME client, and closes both. Tests build
-it with their own database URL and emulator URL; ``tokenpool.bootstrap.create_service_app`` builds
-it from settings for ``tokenpool serve``.
+database pool (without waiting for the database), the vault (its keys load on first use) and the TOME
+client, and closes them. Tests build it with their own database URL and emulator URL;
+``tokenpool.bootstrap.create_service_app`` builds it from settings for ``tokenpool serve``.
 """
 
 from __future__ import annotations
@@ -14,29 +14,45 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from tokenpool.cards.errors import CardError, IdempotencyKeyInUse, IdempotencyKeyReused, TemporarilyUnavailable
+from tokenpool.db.database import Database
+from tokenpool.db.errors import DatabaseError, DatabaseUnavailable, InvalidValue
+from tokenpool.db.vault_store import Vault, VaultStore
+from tokenpool.observability.logging import get_logger
+from tokenpool.observability.masking import mask_text
 from tokenpool.pool.errors import LeaseExpired, PoolError, ReservationConflict, UnknownReservation
-from tokenpool.service.database import DatabaseUnavailable, ServiceDatabase
 from tokenpool.service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from tokenpool.service.problems import install_problem_handlers, problem_response
 from tokenpool.service.routes import cards, detokenize, operations, reservations
 from tokenpool.service.state import build_components
 from tokenpool.service.tome_port import TomePort
 from tokenpool.settings import Settings
+from tokenpool.vault import KeyProvider, KeyProviderError, VaultError, key_provider_from_settings
 
 TomeFactory = Callable[[], AbstractAsyncContextManager[TomePort]]
 
-_POOL_ERROR_STATUS: dict[type[PoolError], int] = {
-    UnknownReservation: 404, LeaseExpired: 410, ReservationConflict: 409,
+log = get_logger("tokenpool.service")
+
+# Every domain error the services raise, and the HTTP status it answers with. Each error carries its
+# stable ``code`` (docs/api.md); the status is the HTTP layer's business alone.
+_STATUS: dict[type[Exception], int] = {
+    UnknownReservation: 404, LeaseExpired: 410, ReservationConflict: 409, PoolError: 409,
+    IdempotencyKeyInUse: 409, IdempotencyKeyReused: 422, TemporarilyUnavailable: 503,
+    InvalidValue: 422,
 }
 
 
-def create_app(settings: Settings, *, database_url: str, tome_factory: TomeFactory) -> FastAPI:
+def create_app(settings: Settings, *, database_url: str, tome_factory: TomeFactory,
+               key_provider: KeyProvider | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = await ServiceDatabase.open(database_url, settings)
+        db = await Database.open(database_url, settings, name="tokenpool-service",
+                                 bound_s=settings.service_db_timeout_s)
         try:
+            provider = key_provider or key_provider_from_settings(settings)
+            vault = Vault.unloaded(VaultStore(db, provider), refresh_s=settings.vault_refresh_s)
             async with tome_factory() as tome:
-                app.state.components = build_components(settings, db, tome)
+                app.state.components = build_components(settings, db, vault, tome)
                 yield
         finally:
             await db.close()
@@ -48,20 +64,36 @@ def create_app(settings: Settings, *, database_url: str, tome_factory: TomeFacto
         lifespan=lifespan,
     )
     install_problem_handlers(app, max_refs=settings.service_max_detokenize_refs)
+    retry_after = {"Retry-After": str(settings.service_retry_after_s)}
 
     async def on_database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, DatabaseUnavailable)  # or ServiceBusy: overload, the database is up
-        return problem_response(
-            503, exc.code, exc.detail, headers={"Retry-After": str(settings.service_retry_after_s)},
-        )
+        assert isinstance(exc, DatabaseUnavailable)  # or DatabaseBusy: overload, the database is up
+        return problem_response(503, exc.code, exc.detail, headers=retry_after)
 
-    async def on_pool_error(_request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, PoolError)
-        status = _POOL_ERROR_STATUS.get(type(exc), 409)
-        return problem_response(status, exc.code, str(exc))
+    async def on_domain_error(_request: Request, exc: Exception) -> JSONResponse:
+        status = next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 500)
+        if status >= 500:
+            log.error("unhandled.error", error_type=type(exc).__name__, error=mask_text(str(exc))[:300])
+        code = getattr(exc, "code", "INTERNAL_ERROR")
+        detail = getattr(exc, "detail", None) or str(exc)
+        headers = None
+        if isinstance(exc, TemporarilyUnavailable):
+            headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+        return problem_response(status, code, detail, headers=headers)
+
+    async def on_vault_error(_request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, KeyProviderError):  # the key service is unreachable: try again later
+            return problem_response(503, "VAULT_UNAVAILABLE", "The token vault's keys are unavailable; retry later.",
+                                    headers=retry_after)
+        # A stored token that fails to decrypt (moved, tampered, unknown key): never answer with a wrong
+        # token; this is an integrity alarm for the operator.
+        return problem_response(500, "TOKEN_UNREADABLE", "A stored token failed its integrity check; "
+                                "quote the correlation id.")
 
     app.add_exception_handler(DatabaseUnavailable, on_database_unavailable)
-    app.add_exception_handler(PoolError, on_pool_error)
+    for kind in (PoolError, CardError, DatabaseError):
+        app.add_exception_handler(kind, on_domain_error)
+    app.add_exception_handler(VaultError, on_vault_error)
     # Added last = outermost: the correlation id is set before the body limit can answer.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.service_max_body_bytes)
     app.add_middleware(RequestContextMiddleware)

@@ -15,10 +15,9 @@ import time
 from dataclasses import dataclass
 from uuid import UUID
 
-from psycopg.errors import UniqueViolation
-
-from tokenpool.db.queries import sql
-from tokenpool.service.database import ConnPool
+from tokenpool.db.api_key_store import ApiKeyStore, StoredKey
+from tokenpool.db.database import Database
+from tokenpool.db.errors import UniqueViolation
 
 KEY_PREFIX = "tpk_"
 
@@ -60,9 +59,14 @@ def parse_scopes(text: str) -> list[str]:
     return scopes
 
 
+def _principal(key: StoredKey) -> Principal:
+    return Principal(key.api_key_id, key.name, frozenset(key.scopes))
+
+
 class ApiKeys:
-    def __init__(self, pool: ConnPool, *, cache_ttl_s: float = 0.0) -> None:
-        self._pool = pool
+    def __init__(self, db: Database, *, cache_ttl_s: float = 0.0) -> None:
+        self._db = db
+        self._store = ApiKeyStore()
         self._ttl = cache_ttl_s
         self._cache: dict[bytes, tuple[float, Principal | None]] = {}
 
@@ -73,10 +77,9 @@ class ApiKeys:
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
-        async with self._pool.connection() as conn:
-            cursor = await conn.execute(sql("api_key_by_hash"), {"key_hash": digest})
-            row = await cursor.fetchone()
-        principal = Principal(row[0], row[1], frozenset(row[2])) if row else None
+        async with self._db.connection() as conn:
+            found = await self._store.by_hash(conn, digest)
+        principal = _principal(found) if found else None
         if self._ttl > 0:
             if len(self._cache) >= _CACHE_MAX_ENTRIES:
                 self._cache.clear()
@@ -89,26 +92,21 @@ class ApiKeys:
             raise ApiKeyError("a key needs a name")
         key = new_key()
         try:
-            async with self._pool.connection() as conn:
-                cursor = await conn.execute(
-                    sql("api_key_insert"), {"name": name, "key_hash": key_hash(key), "scopes": scopes}
-                )
-                row = await cursor.fetchone()
+            async with self._db.connection() as conn:
+                stored = await self._store.insert(conn, name, key_hash(key), scopes)
         except UniqueViolation as error:
             raise ApiKeyError(f"a key named {name!r} exists (revoked keys keep their name)") from error
-        assert row is not None
-        return Principal(row[0], row[1], frozenset(row[2])), key
+        return _principal(stored), key
 
     async def revoke(self, name: str) -> bool:
-        async with self._pool.connection() as conn:
-            cursor = await conn.execute(sql("api_key_revoke"), {"name": name})
-            return cursor.rowcount > 0
+        async with self._db.connection() as conn:
+            return await self._store.revoke(conn, name)
 
     async def list(self) -> list[dict[str, object]]:
-        async with self._pool.connection() as conn:
-            rows = await (await conn.execute(sql("api_key_list"))).fetchall()
+        async with self._db.connection() as conn:
+            keys = await self._store.list(conn)
         return [
-            {"name": name, "scopes": list(scopes), "created_at": created.isoformat(),
-             "revoked_at": revoked.isoformat() if revoked else None}
-            for name, scopes, created, revoked in rows
+            {"name": key.name, "scopes": list(key.scopes), "created_at": key.created_at.isoformat(),
+             "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None}
+            for key in keys
         ]

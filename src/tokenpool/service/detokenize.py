@@ -8,22 +8,24 @@ When TOME is unavailable the request still succeeds with what the database knew:
 come back null with ``source: null``, ``complete: false`` and a ``TOME_UNAVAILABLE`` warning. Only
 when the database knew none of them is the answer a 503, since it would hold no information at all.
 
-Every request writes an audit row (refs as SHA-256 digests) before the answer is returned: no
+Every request writes an audit row (refs as keyed digests) before the answer is returned: no
 detokenization without its audit record.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
-from tokenpool.db.queries import sql
+from tokenpool.cards.errors import TemporarilyUnavailable
+from tokenpool.db.audit_store import AuditStore, DetokenizeAudit
+from tokenpool.db.database import Database
+from tokenpool.db.errors import DatabaseUnavailable
+from tokenpool.db.token_lookup_store import TokenLookupStore
+from tokenpool.db.vault_store import Vault
 from tokenpool.observability.logging import get_logger
 from tokenpool.observability.metrics import DETOKENIZED_REFS, TOME_CALLS_AVOIDED
 from tokenpool.service.auth import Principal
-from tokenpool.service.database import DatabaseUnavailable, ServiceDatabase
-from tokenpool.service.problems import unavailable
 from tokenpool.service.tome_port import TomePort
 from tokenpool.settings import Settings
 from tokenpool.tome.contract import TomeError
@@ -46,13 +48,13 @@ class DetokenizeOutcome:
     complete: bool
 
 
-def ref_digest(external_ref: str) -> str:
-    return hashlib.sha256(external_ref.encode()).hexdigest()
-
-
 class DetokenizeService:
-    def __init__(self, db: ServiceDatabase, tome: TomePort, settings: Settings) -> None:
+    def __init__(self, db: Database, lookups: TokenLookupStore, audit: AuditStore, vault: Vault, tome: TomePort,
+                 settings: Settings) -> None:
         self._db = db
+        self._lookups = lookups
+        self._audit = audit
+        self._vault = vault
         self._tome = tome
         self._settings = settings
 
@@ -61,8 +63,9 @@ class DetokenizeService:
     ) -> DetokenizeOutcome:
         unique = list(dict.fromkeys(refs))
         async with self._db.connection() as conn:
-            cursor = await conn.execute(sql("detokenize_local"), {"external_refs": unique})
-            known: dict[str, tuple[str, Source]] = {ref: (token, "db") for ref, token in await cursor.fetchall()}
+            await self._vault.ready()
+            local = await self._lookups.lookup(conn, unique)
+        known: dict[str, tuple[str, Source]] = {ref: (token, "db") for ref, token in local.items()}
 
         misses = [ref for ref in unique if ref not in known]
         learned: dict[str, str] = {}
@@ -82,36 +85,33 @@ class DetokenizeService:
             Resolution(ref, *known[ref]) if ref in known else Resolution(ref, None, None) for ref in refs
         ]
         from_db = len(unique) - len(misses)
-        audit = {
-            "api_key_name": principal.name, "correlation_id": correlation_id, "client_addr": client_addr,
-            "ref_count": len(refs), "from_db": from_db, "from_tome": len(learned),
-            "unresolved": len(unique) - len(known), "ref_hashes": [ref_digest(ref) for ref in refs],
-        }
+        def audit(outcome: str) -> DetokenizeAudit:
+            return DetokenizeAudit(
+                api_key_name=principal.name, correlation_id=correlation_id, client_addr=client_addr,
+                outcome=outcome, ref_count=len(refs), from_db=from_db, from_tome=len(learned),
+                unresolved=len(unique) - len(known), ref_hashes=[self._vault.hexdigest(ref) for ref in refs],
+            )
+
         if not tome_ok and from_db == 0:
-            await self._audit_best_effort({**audit, "outcome": "failure"})
-            raise unavailable(
+            await self._audit_best_effort(audit("failure"))
+            raise TemporarilyUnavailable(
                 "TOME_UNAVAILABLE", "None of the references is in the database and TOME is unavailable.",
                 self._settings.service_retry_after_s,
             )
 
         async with self._db.transaction() as conn:
             if learned:
-                await conn.execute(
-                    sql("learned_pairs_insert"),
-                    {"external_refs": list(learned), "internal_tokens": list(learned.values())},
-                )
-            await conn.execute(
-                sql("detokenize_audit_insert"), {**audit, "outcome": "success" if tome_ok else "partial"}
-            )
+                await self._lookups.learn(conn, learned)
+            await self._audit.record(conn, audit("success" if tome_ok else "partial"))
         DETOKENIZED_REFS.labels("db").inc(from_db)
         DETOKENIZED_REFS.labels("tome").inc(len(learned))
         DETOKENIZED_REFS.labels("none").inc(len(unique) - len(known))
         log.info("detokenize.done", refs=len(refs), from_db=from_db, from_tome=len(learned), complete=tome_ok)
         return DetokenizeOutcome(results, complete=tome_ok)
 
-    async def _audit_best_effort(self, audit: dict[str, object]) -> None:
+    async def _audit_best_effort(self, entry: DetokenizeAudit) -> None:
         try:
             async with self._db.connection() as conn:
-                await conn.execute(sql("detokenize_audit_insert"), audit)
+                await self._audit.record(conn, entry)
         except DatabaseUnavailable:
-            log.error("detokenize.audit_failed", correlation_id=audit["correlation_id"])
+            log.error("detokenize.audit_failed", correlation_id=entry.correlation_id)

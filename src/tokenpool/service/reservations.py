@@ -14,16 +14,14 @@ from __future__ import annotations
 from uuid import UUID
 
 from tokenpool.cards import TokenSource
+from tokenpool.cards.errors import TemporarilyUnavailable
+from tokenpool.db.database import Database
 from tokenpool.db.pool_store import PostgresTokenPool
-from tokenpool.db.queries import sql
+from tokenpool.issuance import PairReclaimed, TomePairs
 from tokenpool.observability.logging import get_logger
 from tokenpool.pool.claim_batcher import ClaimBatcher
 from tokenpool.pool.errors import PoolExhausted
 from tokenpool.pool.model import Reservation
-from tokenpool.service.database import ServiceDatabase
-from tokenpool.service.problems import unavailable
-from tokenpool.service.tome_pairs import PairReclaimed, close_intent, pair_from_tome, reclaimed_problem
-from tokenpool.service.tome_port import TomePort
 from tokenpool.settings import Settings
 from tokenpool.tome.contract import TomeError
 
@@ -31,12 +29,10 @@ log = get_logger("tokenpool.service.reservations")
 
 
 class ReservationService:
-    def __init__(
-        self, db: ServiceDatabase, store: PostgresTokenPool, tome: TomePort, settings: Settings
-    ) -> None:
+    def __init__(self, db: Database, store: PostgresTokenPool, pairs: TomePairs, settings: Settings) -> None:
         self._db = db
         self._store = store
-        self._tome = tome
+        self._pairs = pairs
         self._settings = settings
         self._batcher = ClaimBatcher(store)
 
@@ -48,27 +44,22 @@ class ReservationService:
         except PoolExhausted:
             log.info("reservation.pool_empty.tome_fallback", program=program)
         try:
-            journaled = await pair_from_tome(self._tome, self._settings, self._db, program)
+            journaled = await self._pairs.one_pair(program)
         except TomeError as error:
-            raise unavailable(
+            raise TemporarilyUnavailable(
                 "POOL_EXHAUSTED_TOME_UNAVAILABLE",
                 f"Pool {program!r} is empty and TOME is unavailable; nothing was reserved.",
                 self._settings.service_retry_after_s,
             ) from error
-        pair = journaled.pair
         try:
             async with self._db.transaction() as conn:
-                await close_intent(conn, journaled, journaled.intent_id)
-                cursor = await conn.execute(
-                    sql("pair_insert_reserved"),
-                    {"pool": program, "internal_token": pair.internal_token, "external_ref": pair.external_ref,
-                     "batch_id": journaled.intent_id, "lease_seconds": self._settings.lease_seconds},
-                )
-                row = await cursor.fetchone()
+                await self._pairs.close(conn, journaled, journaled.intent_id)
+                reservation = await self._store.insert_reserved_pair(
+                    conn, program, journaled.pair, journaled.intent_id, self._settings.lease_seconds)
         except PairReclaimed as reclaimed:
-            raise reclaimed_problem(reclaimed, self._settings.service_retry_after_s) from None
-        assert row is not None
-        return Reservation(*row), TokenSource.TOME
+            raise TemporarilyUnavailable(reclaimed.code, reclaimed.detail,
+                                         self._settings.service_retry_after_s) from None
+        return reservation, TokenSource.TOME
 
     async def commit(self, reservation_id: UUID, card_ref: str) -> None:
         async with self._db.guard():

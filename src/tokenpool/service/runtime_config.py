@@ -13,12 +13,11 @@ import asyncio
 import time
 from typing import Any
 
-from psycopg.types.json import Jsonb
-
-from tokenpool.db.queries import sql
+from tokenpool.db.database import Database
+from tokenpool.db.errors import DatabaseUnavailable
+from tokenpool.db.runtime_config_store import RuntimeConfigStore
 from tokenpool.observability.logging import get_logger
 from tokenpool.observability.metrics import POOL_TRAFFIC_PERCENT
-from tokenpool.service.database import DatabaseUnavailable, ServiceDatabase
 
 POOL_TRAFFIC_PERCENT_KEY = "pool_traffic_percent"
 
@@ -39,8 +38,9 @@ def parse_percent(value: Any) -> int | None:
 
 
 class RuntimeConfig:
-    def __init__(self, db: ServiceDatabase, *, default_percent: int, ttl_s: float) -> None:
+    def __init__(self, db: Database, *, default_percent: int, ttl_s: float) -> None:
         self._db = db
+        self._store = RuntimeConfigStore()
         self._default_percent = default_percent
         self._ttl_s = ttl_s
         self._values: dict[str, Any] = {}
@@ -72,8 +72,7 @@ class RuntimeConfig:
     async def _refresh(self) -> None:
         try:
             async with self._db.connection() as conn:
-                rows = await (await conn.execute(sql("runtime_config_get"))).fetchall()
-            self._values = {key: value for key, value in rows}
+                self._values = await self._store.all(conn)
         except DatabaseUnavailable:
             # Keep the last known values; the request itself meets the outage on its own query.
             log.warning("runtime_config.unreadable", kept=self._values)
@@ -81,16 +80,15 @@ class RuntimeConfig:
         self._fresh_until = time.monotonic() + self._ttl_s
 
 
-async def write(db_pool: Any, key: str, value: Any | None) -> None:
-    """Sets (or, with None, removes) one runtime setting. ``db_pool`` is a psycopg async pool."""
-    async with db_pool.connection() as conn:
+async def write(db: Database, key: str, value: Any | None) -> None:
+    """Sets (or, with None, removes) one runtime setting."""
+    async with db.connection() as conn:
         if value is None:
-            await conn.execute(sql("runtime_config_unset"), {"key": key})
+            await RuntimeConfigStore().unset(conn, key)
         else:
-            await conn.execute(sql("runtime_config_set"), {"key": key, "value": Jsonb(value)})
+            await RuntimeConfigStore().set(conn, key, value)
 
 
-async def read_all(db_pool: Any) -> dict[str, Any]:
-    async with db_pool.connection() as conn:
-        rows = await (await conn.execute(sql("runtime_config_get"))).fetchall()
-    return {key: value for key, value in rows}
+async def read_all(db: Database) -> dict[str, Any]:
+    async with db.connection() as conn:
+        return await RuntimeConfigStore().all(conn)

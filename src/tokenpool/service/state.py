@@ -6,10 +6,17 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
+from tokenpool.db.audit_store import AuditStore
+from tokenpool.db.card_store import CardStore
+from tokenpool.db.database import Database
+from tokenpool.db.journal_store import JournalStore
+from tokenpool.db.monitoring_store import MonitoringStore
 from tokenpool.db.pool_store import PostgresTokenPool
+from tokenpool.db.token_lookup_store import TokenLookupStore
+from tokenpool.db.vault_store import Vault
+from tokenpool.issuance import TomePairs
 from tokenpool.service.auth import ApiKeys
 from tokenpool.service.cards import CardService
-from tokenpool.service.database import ServiceDatabase
 from tokenpool.service.detokenize import DetokenizeService
 from tokenpool.service.reservations import ReservationService
 from tokenpool.service.runtime_config import RuntimeConfig
@@ -20,8 +27,10 @@ from tokenpool.settings import Settings
 @dataclass(frozen=True, slots=True)
 class Components:
     settings: Settings
-    db: ServiceDatabase
+    db: Database
+    vault: Vault
     store: PostgresTokenPool
+    samples: MonitoringStore
     tome: TomePort
     api_keys: ApiKeys
     runtime_config: RuntimeConfig
@@ -30,21 +39,25 @@ class Components:
     reservations: ReservationService
 
 
-def build_components(settings: Settings, db: ServiceDatabase, tome: TomePort) -> Components:
-    store = PostgresTokenPool(db.pool)
+def build_components(settings: Settings, db: Database, vault: Vault, tome: TomePort) -> Components:
+    store = PostgresTokenPool(db, vault)
+    journal = JournalStore(db, store, vault)
+    pairs = TomePairs(tome, journal, settings.tome_ns1, settings.tome_ns2)
     runtime_config = RuntimeConfig(
         db, default_percent=settings.pool_traffic_percent, ttl_s=settings.service_runtime_config_ttl_s
     )
     return Components(
         settings=settings,
         db=db,
+        vault=vault,
         store=store,
+        samples=MonitoringStore(db),
         tome=tome,
-        api_keys=ApiKeys(db.pool, cache_ttl_s=settings.service_api_key_cache_ttl_s),
+        api_keys=ApiKeys(db, cache_ttl_s=settings.service_api_key_cache_ttl_s),
         runtime_config=runtime_config,
-        cards=CardService(db, store, tome, runtime_config, settings),
-        detokenize=DetokenizeService(db, tome, settings),
-        reservations=ReservationService(db, store, tome, settings),
+        cards=CardService(db, store, CardStore(vault), pairs, vault, runtime_config, settings),
+        detokenize=DetokenizeService(db, TokenLookupStore(vault), AuditStore(), vault, tome, settings),
+        reservations=ReservationService(db, store, pairs, settings),
     )
 
 

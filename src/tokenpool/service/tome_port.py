@@ -11,7 +11,8 @@ from typing import Protocol
 
 
 class TomePort(Protocol):
-    async def issue(self, namespace: str, count: int, *, idempotency_key: str | None = None) -> list[str]: ...
+    async def issue(self, namespace: str, count: int, *, idempotency_key: str,
+                    correlation_id: str | None = None) -> list[str]: ...
 
     async def tokenize(self, namespace: str, values: Sequence[str]) -> list[str]: ...
 

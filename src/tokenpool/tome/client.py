@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import ssl
+import stat
 import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -169,6 +172,71 @@ def parse_retry_after(response: httpx.Response) -> float | None:
     return min(max(seconds, 0.0), _MAX_RETRY_AFTER_S)
 
 
+# --- Transport security ----------------------------------------------------------------------------------
+
+
+def read_bearer_token(path: Path) -> str:
+    """The token held in ``path`` (surrounding whitespace dropped).
+
+    Refuses a file that group or others may access: the token is a credential. The error names the file,
+    never its content.
+    """
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ValueError(f"bearer token file {path}: {exc.strerror}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ValueError(
+            f"bearer token file {path} is accessible by group or others ({stat.filemode(mode)}): chmod 600 it"
+        )
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"bearer token file {path} cannot be read: {type(exc).__name__}") from None
+    if not token or any(char.isspace() for char in token):
+        raise ValueError(f"bearer token file {path} must hold one token, without spaces")
+    return token
+
+
+def tome_tls_context(settings: Settings) -> ssl.SSLContext:
+    """TLS 1.2+, verifying TOME against ``tome_ca_bundle`` (else the system trust store), presenting
+    ``tome_client_cert`` when set (mutual TLS)."""
+    cert, key = settings.tome_client_cert, settings.tome_client_key
+    if (cert is None) != (key is None):
+        raise ValueError("set both TOKENPOOL_TOME_CLIENT_CERT and TOKENPOOL_TOME_CLIENT_KEY, or neither")
+    try:
+        # With a cafile, only that CA is trusted; without one, the system store (SSL_CERT_FILE / SSL_CERT_DIR).
+        context = ssl.create_default_context(cafile=settings.tome_ca_bundle)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"TOKENPOOL_TOME_CA_BUNDLE {settings.tome_ca_bundle}: {exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None and key is not None:
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"TOKENPOOL_TOME_CLIENT_CERT {cert} / TOKENPOOL_TOME_CLIENT_KEY {key}: {exc}") from None
+    return context
+
+
+def _transport_security(settings: Settings, base_url: str) -> tuple[ssl.SSLContext | bool, dict[str, str]]:
+    """``verify`` for httpx and the ``Authorization`` header, from the ``tome_*`` TLS and token settings."""
+    configured = [
+        name
+        for name in ("tome_ca_bundle", "tome_client_cert", "tome_client_key", "tome_bearer_token_file")
+        if getattr(settings, name) is not None
+    ]
+    if not base_url.lower().startswith("https://"):
+        if configured:
+            # A token sent in clear, or a CA that silently verifies nothing, is worse than refusing to start.
+            names = ", ".join(f"TOKENPOOL_{name.upper()}" for name in configured)
+            raise ValueError(f"{names} set but the TOME URL {base_url} is not https://")
+        return True, {}
+    headers = {}
+    if settings.tome_bearer_token_file is not None:
+        headers["Authorization"] = f"Bearer {read_bearer_token(settings.tome_bearer_token_file)}"
+    return tome_tls_context(settings), headers
+
+
 # --- The client ------------------------------------------------------------------------------------------
 
 
@@ -177,7 +245,8 @@ class TomeClient:
 
     One instance per TOME base URL (the breaker is per instance); share it, and ``aclose()`` it.
     Built from :class:`~tokenpool.settings.Settings` (``tome_*`` fields); ``transport``, ``sleep``
-    and ``clock`` are seams for tests.
+    and ``clock`` are seams for tests. TLS files and the bearer token are read here, once: a rotated
+    token or certificate takes effect in clients built after the rotation.
     """
 
     def __init__(
@@ -193,6 +262,7 @@ class TomeClient:
         if not url:
             raise ValueError("TOME base URL missing: set TOKENPOOL_TOME_URL or pass base_url")
         self.base_url = url.rstrip("/")
+        verify, auth_headers = _transport_security(settings, self.base_url)
         self.settings = settings
         self.batch_size = settings.tome_batch_size
         self.retry_config = RetryConfig.from_settings(settings)
@@ -213,13 +283,14 @@ class TomeClient:
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             transport=transport,
+            verify=verify,
             timeout=self._timeout,
             limits=httpx.Limits(
                 max_connections=settings.tome_max_connections,
                 max_keepalive_connections=settings.tome_max_connections,
                 keepalive_expiry=settings.tome_keepalive_s,
             ),
-            headers={"User-Agent": "tokenpool-tome-client", "Accept": "application/json"},
+            headers={"User-Agent": "tokenpool-tome-client", "Accept": "application/json", **auth_headers},
         )
 
     @classmethod

@@ -8,13 +8,12 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tokenpool.db.errors import DatabaseUnavailable
+from tokenpool.monitoring.health import check_pool_health
 from tokenpool.observability.logging import get_logger
 from tokenpool.observability.metrics import POOL_PAIRS
 from tokenpool.pool.model import PairStatus, PoolStats
-from tokenpool.refill.health import check_pool_health
-from tokenpool.refill.journal import RefillJournal
 from tokenpool.service.auth import METRICS_READ, POOLS_READ, Principal
-from tokenpool.service.database import DatabaseUnavailable
 from tokenpool.service.problems import ProblemError
 from tokenpool.service.routes.docs import PROBLEMS
 from tokenpool.service.schemas import PoolResponse
@@ -66,8 +65,7 @@ async def pool(
     """Counts by status (cheap: trigger-kept counters) and health, as `tokenpool health` computes them."""
     found = components(request)
     async with found.db.guard():
-        health = await check_pool_health(found.store, RefillJournal(found.db.pool), found.settings, program,
-                                         publish=False)
+        health = await check_pool_health(found.store, found.samples, found.settings, program, publish=False)
     if health.counts.get("total", 0) == 0:
         raise ProblemError(404, "POOL_NOT_FOUND", f"Pool {program!r} has never held a pair.")
     return PoolResponse.model_validate(health.as_dict())

@@ -9,6 +9,7 @@ corruption fault. ``/_admin/*`` is never faulted.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import random
 import uuid
 from collections.abc import Awaitable, Callable
@@ -72,7 +73,11 @@ class EmulatorState:
         self.faults = faults
 
 
-def create_app(vault: Vault, faults: Faults | None = None) -> FastAPI:
+# Answers without a token: a readiness probe should not need the credential.
+UNAUTHENTICATED_PATHS = frozenset({"/_admin/health"})
+
+
+def create_app(vault: Vault, faults: Faults | None = None, *, bearer_token: str | None = None) -> FastAPI:
     state = EmulatorState(vault)
     state.set_faults(faults or Faults())
     app = FastAPI(
@@ -81,6 +86,23 @@ def create_app(vault: Vault, faults: Faults | None = None) -> FastAPI:
         description="Tokenization service emulator with fault injection and a ledger. See docs/tome-api.md.",
     )
     app.state.emulator = state
+
+    if bearer_token is not None:
+        expected = bearer_token.encode()
+
+        # Registered before the correlation middleware, so it runs inside it: a 401 echoes the id too.
+        @app.middleware("http")
+        async def require_bearer(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+            if request.url.path in UNAUTHENTICATED_PATHS:
+                return await call_next(request)
+            scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), expected):
+                return await call_next(request)
+            response = problem_response(
+                ProblemError(401, "unauthorized", "Unauthorized", "a valid Authorization: Bearer token is required")
+            )
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
 
     @app.middleware("http")
     async def correlation_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tokenpool.db.monitoring_store import MonitoringStore
 from tokenpool.db.pool_store import PostgresTokenPool
+from tokenpool.monitoring.forecast import consumption_per_hour
 from tokenpool.pool.model import PairStatus, PoolStats
-from tokenpool.refill.journal import RefillJournal
-from tokenpool.refill.plan import consumption_per_hour
 from tokenpool.settings import Settings
 
 
@@ -26,8 +26,8 @@ def consumed(stats: PoolStats) -> int:
     return sum(stats.count(status) for status in (PairStatus.RESERVED, PairStatus.USED, PairStatus.EXPIRED))
 
 
-async def observe(store: PostgresTokenPool, journal: RefillJournal, settings: Settings, pool: str) -> Observation:
+async def observe(store: PostgresTokenPool, samples: MonitoringStore, settings: Settings, pool: str) -> Observation:
     stats = await store.stats(pool)
-    await journal.sample(pool, consumed(stats), stats.available, settings.refill_sample_min_interval_s)
-    span = await journal.sample_span(pool, settings.refill_forecast_window_s)
+    await samples.sample(pool, consumed(stats), stats.available, settings.refill_sample_min_interval_s)
+    span = await samples.sample_span(pool, settings.refill_forecast_window_s)
     return Observation(stats, consumption_per_hour(span))

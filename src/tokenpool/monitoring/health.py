@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from tokenpool.db.monitoring_store import MonitoringStore
 from tokenpool.db.pool_store import PostgresTokenPool
+from tokenpool.monitoring.consumption import observe
+from tokenpool.monitoring.forecast import fill_target
 from tokenpool.observability.metrics import POOL_HEALTH, POOL_HOURS_LEFT, POOL_PAIRS
 from tokenpool.pool.model import PairStatus
-from tokenpool.refill.consumption import observe
-from tokenpool.refill.journal import RefillJournal
-from tokenpool.refill.plan import fill_target
 from tokenpool.settings import Settings
 
 
@@ -97,7 +97,7 @@ class PoolHealth:
         }
 
 
-async def check_pool_health(store: PostgresTokenPool, journal: RefillJournal, settings: Settings,
+async def check_pool_health(store: PostgresTokenPool, samples: MonitoringStore, settings: Settings,
                             pool: str, *, publish: bool = True) -> PoolHealth:
     """Reads the cheap counters (and records a consumption sample); never scans token_pool.
 
@@ -105,7 +105,7 @@ async def check_pool_health(store: PostgresTokenPool, journal: RefillJournal, se
     ``publish=False``: it checks on demand, not on a schedule, and a gauge it set once would be scraped
     unchanged for the life of the process (a CRITICAL long gone, still alerting).
     """
-    observation = await observe(store, journal, settings, pool)
+    observation = await observe(store, samples, settings, pool)
     stats = observation.stats
     rate = observation.consumption_per_hour
     _forecast, target = fill_target(rate, settings)

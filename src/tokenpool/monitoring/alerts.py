@@ -14,20 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from psycopg import AsyncConnection
-from psycopg.rows import TupleRow
-from psycopg_pool import AsyncConnectionPool
 
 from tokenpool.aws.sns import SnsPublisher
-from tokenpool.db.queries import sql
+from tokenpool.db.monitoring_store import MonitoringStore
+from tokenpool.monitoring.health import HealthStatus, PoolHealth
 from tokenpool.observability.logging import get_logger
 from tokenpool.observability.metrics import POOL_ALERTS
-from tokenpool.refill.health import HealthStatus, PoolHealth
 from tokenpool.settings import Settings
 
 log = get_logger(__name__)
-
-Conn = AsyncConnection[TupleRow]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,15 +61,12 @@ class Alerter:
         self.webhook_url = settings.alert_webhook_url
         self._http = http
 
-    async def on_health(self, db: AsyncConnectionPool[Conn], health: PoolHealth) -> Alert | None:
+    async def on_health(self, store: MonitoringStore, health: PoolHealth) -> Alert | None:
         """Records ``health.status``; sends an alert if it changed (to LOW or worse, or back to OK)."""
-        async with db.connection() as conn:
-            params = {"pool": health.pool, "status": health.status.value}
-            cursor = await conn.execute(sql("pool_alert_transition"), params)
-            row = await cursor.fetchone()
-        if row is None:
+        transition = await store.record_health(health.pool, health.status.value)
+        if transition is None:
             return None  # same state as last time: already alerted
-        previous = None if row[0] is None else HealthStatus(row[0])
+        previous = None if transition.previous_status is None else HealthStatus(transition.previous_status)
         if previous is None and health.status is HealthStatus.OK:
             return None  # first check of a healthy pool: nothing to tell
         alert = Alert(health.pool, health.status, previous, health)

@@ -15,7 +15,8 @@ import psycopg
 import pytest
 from psycopg_pool import PoolTimeout
 
-from tokenpool.service.database import DatabaseUnavailable, ServiceBusy, ServiceDatabase
+from tokenpool.db.database import Database
+from tokenpool.db.errors import DatabaseBusy, DatabaseUnavailable
 
 BOUND_S = 2.0
 
@@ -35,7 +36,7 @@ class _Pool:
 
 
 async def _label(pool: _Pool, error: Exception) -> str:
-    database = ServiceDatabase(pool, BOUND_S)  # type: ignore[arg-type]
+    database = Database(pool, BOUND_S)  # type: ignore[arg-type]
     with pytest.raises(DatabaseUnavailable) as raised:
         async with database.guard():
             raise error
@@ -73,4 +74,4 @@ async def test_only_a_broken_connection_makes_the_pool_check_its_idle_connection
 
 
 def test_service_busy_is_a_database_unavailable_for_every_fallback():
-    assert issubclass(ServiceBusy, DatabaseUnavailable)
+    assert issubclass(DatabaseBusy, DatabaseUnavailable)

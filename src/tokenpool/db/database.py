@@ -1,0 +1,200 @@
+"""The PostgreSQL connection pool every entry point uses, and the one place driver errors become ours.
+
+``Database.open`` does not wait for the server: the service must start (and answer ``/healthz``, and
+``/readyz`` with 503) while the database is down, then recover by itself when it returns. Commands that
+need the database at once (the CLI, the refill, the worker) pass ``wait=True``.
+
+Every use goes through :meth:`Database.guard` (``connection()`` and ``transaction()`` do): it bounds the
+block in time and turns psycopg's exceptions into :mod:`tokenpool.db.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.pq import TransactionStatus
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from tokenpool.db.errors import (
+    DatabaseBusy,
+    DatabaseError,
+    DatabaseUnavailable,
+    InsufficientPrivilege,
+    InvalidValue,
+    UniqueViolation,
+)
+from tokenpool.db.queries import sql
+from tokenpool.db.types import Conn
+from tokenpool.observability.logging import get_logger
+from tokenpool.settings import Settings
+
+# After this long without a successful reconnect the pool starts a fresh attempt on the next request
+# (psycopg_pool backs off exponentially within an attempt): bounds recovery after a long outage.
+RECONNECT_TIMEOUT_S = 10.0
+
+log = get_logger("tokenpool.db")
+
+
+def connection_kwargs(settings: Settings) -> dict[str, object]:
+    # statement_timeout bounds every statement; idle_in_transaction_session_timeout ends forgotten
+    # transactions, whose snapshots would otherwise stop VACUUM from clearing dead claim entries.
+    options = (
+        f"-c statement_timeout={settings.db_statement_timeout_ms}"
+        f" -c idle_in_transaction_session_timeout={settings.db_idle_in_transaction_timeout_ms}"
+        " -c application_name=tokenpool"
+    )
+    return {
+        "autocommit": True,
+        "connect_timeout": max(1, round(settings.db_connect_timeout_s)),
+        "options": options,
+        # TCP keepalives: a connection to a host that vanished (partition, failover) is found dead in
+        # ~25 s instead of the kernel's two hours. libpq ignores them on a Unix socket (embedded server).
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+    }
+
+
+class CountingPool(AsyncConnectionPool[Conn]):
+    """psycopg's pool, counting the connections handed out and noting when one last came back healthy.
+
+    ``connection()`` goes through ``getconn``/``putconn``. A connection returned idle (its work done, no
+    transaction open) is proof the database answered; one returned mid-statement (a timeout cancelled
+    its request) is not.
+    """
+
+    in_use = 0
+    last_healthy_return = -math.inf  # time.monotonic()
+
+    async def getconn(self, timeout: float | None = None) -> Conn:  # noqa: ASYNC109 (psycopg's signature)
+        conn = await super().getconn(timeout)
+        self.in_use += 1
+        return conn
+
+    async def putconn(self, conn: Conn) -> None:
+        self.in_use -= 1
+        if not conn.closed and conn.info.transaction_status is TransactionStatus.IDLE:
+            self.last_healthy_return = time.monotonic()
+        await super().putconn(conn)
+
+    def answered_within(self, seconds: float) -> bool:
+        return time.monotonic() - self.last_healthy_return <= seconds
+
+
+class Database:
+    """A connection pool with time bounds; ``connections`` is the psycopg pool itself (for stores)."""
+
+    def __init__(self, connections: CountingPool, timeout_s: float | None) -> None:
+        self.connections = connections
+        self._timeout_s = timeout_s
+        self._check: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(
+        cls, url: str, settings: Settings, *, wait: bool = False, min_size: int | None = None,
+        max_size: int | None = None, check_on_checkout: bool = False, name: str = "tokenpool",
+        bound_s: float | None = None,
+    ) -> Database:
+        """``check_on_checkout``: test each connection as it is handed out (a Lambda frozen for an hour
+        comes back to connections the server or a NAT dropped meanwhile). ``bound_s``: the default time
+        bound of one guarded block (None: only each statement's statement_timeout; the refill and the CLI
+        run long bulk loads)."""
+        connections = CountingPool(
+            url,
+            min_size=min_size or settings.db_pool_min_size,
+            max_size=max_size or settings.db_pool_max_size,
+            timeout=settings.db_acquire_timeout_s,
+            kwargs=connection_kwargs(settings),
+            reconnect_timeout=RECONNECT_TIMEOUT_S,
+            check=AsyncConnectionPool.check_connection if check_on_checkout else None,
+            open=False,
+            name=name,
+        )
+        try:
+            if wait:
+                await connections.open(wait=True, timeout=settings.db_connect_timeout_s)
+            else:
+                await connections.open(wait=False)
+        except PoolTimeout as error:
+            await connections.close()
+            raise DatabaseUnavailable(f"could not connect within {settings.db_connect_timeout_s} s") from error
+        return cls(connections, bound_s)
+
+    async def close(self) -> None:
+        if self._check is not None:
+            self._check.cancel()
+        await self.connections.close()
+
+    @asynccontextmanager
+    async def guard(self, timeout_s: float | None = None) -> AsyncIterator[None]:
+        """Bounds the block in time and turns every driver failure into a :mod:`tokenpool.db.errors` error.
+
+        A timeout while the database is still answering other requests (a connection came back healthy
+        within the bound) is DatabaseBusy: overload, e.g. a burst with more requests than connections, or
+        a slow statement. A timeout with nothing answered for the whole bound (a hung or partitioned
+        database), a failed connect, a broken connection, or a pool wait with connections left to open
+        (the pool cannot open them) is an outage.
+        """
+        limit_s = timeout_s or self._timeout_s
+        try:
+            async with asyncio.timeout(limit_s):  # None: no bound but the statements' own
+                yield
+        except (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError) as error:
+            if self._busy(error):
+                log.warning("database.busy", in_use=self.connections.in_use, error_type=type(error).__name__)
+                raise DatabaseBusy(type(error).__name__) from error
+            if not isinstance(error, TimeoutError | PoolTimeout):
+                self._check_pool_soon()  # broken connections: replace the idle ones at once
+            log.warning("database.unavailable", error_type=type(error).__name__, error=str(error)[:200])
+            raise DatabaseUnavailable(type(error).__name__) from error
+        except pg_errors.InsufficientPrivilege as error:
+            raise InsufficientPrivilege(str(error).splitlines()[0][:200]) from error
+        except pg_errors.UniqueViolation as error:
+            raise UniqueViolation(error.diag.constraint_name) from error
+        except pg_errors.DataError as error:
+            # A value PostgreSQL cannot store (e.g. a NUL character in text): the caller's input, not an outage.
+            raise InvalidValue(str(error).splitlines()[0][:200]) from error
+        except psycopg.Error as error:
+            raise DatabaseError(f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}") \
+                from error
+
+    def _busy(self, error: Exception) -> bool:
+        if not self.connections.answered_within(self._timeout_s or 5.0):
+            return False
+        if isinstance(error, PoolTimeout):
+            return self.connections.in_use >= self.connections.max_size
+        return isinstance(error, TimeoutError)
+
+    @asynccontextmanager
+    async def transaction(self, timeout_s: float | None = None) -> AsyncIterator[Conn]:
+        async with self.guard(timeout_s), self.connections.connection() as conn, conn.transaction():
+            yield conn
+
+    @asynccontextmanager
+    async def connection(self, timeout_s: float | None = None) -> AsyncIterator[Conn]:
+        async with self.guard(timeout_s), self.connections.connection() as conn:
+            yield conn
+
+    async def ping(self, timeout_s: float) -> bool:
+        """Reachable? A saturated pool counts as reachable: its connections are all at work."""
+        try:
+            async with self.guard(timeout_s), self.connections.connection(timeout=timeout_s) as conn:
+                await conn.execute(sql("ping"))
+        except DatabaseBusy:
+            return True
+        except DatabaseUnavailable:
+            return False
+        return True
+
+    def _check_pool_soon(self) -> None:
+        # After an outage every idle pooled connection is dead; one check replaces them all at once,
+        # instead of each failing one request before the pool notices.
+        if self._check is None or self._check.done():
+            self._check = asyncio.create_task(self.connections.check())
