@@ -17,7 +17,7 @@ from tokenpool.db.journal_store import JournalStore
 from tokenpool.db.lease_store import LeaseStore
 from tokenpool.db.monitoring_store import MonitoringStore
 from tokenpool.db.pool_store import PostgresTokenPool
-from tokenpool.db.vault_store import Vault, VaultStore, load_keyring_sync
+from tokenpool.db.vault_store import Vault, VaultStore, ensure_keys, load_keyring_sync
 from tokenpool.refill.job import RefillDeps
 from tokenpool.settings import Settings
 from tokenpool.tome.client import TomeClient
@@ -34,11 +34,19 @@ def database_url(settings: Settings) -> str:
     return start_embedded(settings.home)
 
 
+def admin_database_url(settings: Settings) -> str:
+    """The owner's URL (migrations, grants, key rotation, retention); the application's when none is set."""
+    return database_url(settings)
+
+
 def upgrade_database(settings: Settings) -> list[migrate.Migration]:
     """Applies pending migrations; a migration that must encrypt stored tokens gets the vault's keys."""
     provider = key_provider_from_settings(settings)
     context = migrate.MigrationContext(keyring=lambda conn: load_keyring_sync(conn, provider))
-    return migrate.upgrade(database_url(settings), context)
+    url = admin_database_url(settings)
+    applied = migrate.upgrade(url, context)
+    ensure_keys(url, provider)
+    return applied
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +55,7 @@ class Backend:
 
     url: str
     db: Database
+    vault_store: VaultStore
     vault: Vault
     store: PostgresTokenPool
     journal: JournalStore
@@ -55,15 +64,24 @@ class Backend:
 
 
 async def _backend(settings: Settings, url: str, db: Database) -> Backend:
-    vault = await Vault.load(VaultStore(db, key_provider_from_settings(settings)), refresh_s=settings.vault_refresh_s)
+    vault_store = VaultStore(db, key_provider_from_settings(settings))
+    vault = await Vault.load(vault_store, refresh_s=settings.vault_refresh_s)
     store = PostgresTokenPool(db, vault)
-    return Backend(url, db, vault, store, JournalStore(db, store, vault), LeaseStore(db), MonitoringStore(db))
+    return Backend(url, db, vault_store, vault, store, JournalStore(db, store, vault), LeaseStore(db),
+                   MonitoringStore(db))
 
 
 @asynccontextmanager
 async def open_database(settings: Settings, *, max_size: int | None = None) -> AsyncIterator[Backend]:
     """The database for a command: waits for it, no time bound but each statement's own."""
     async with open_backend(database_url(settings), settings, max_size=max_size) as backend:
+        yield backend
+
+
+@asynccontextmanager
+async def open_admin_database(settings: Settings) -> AsyncIterator[Backend]:
+    """The database as its owner, for operator commands (key rotation, re-encryption, retention)."""
+    async with open_backend(admin_database_url(settings), settings, min_size=1, max_size=2) as backend:
         yield backend
 
 

@@ -153,6 +153,10 @@ class Settings(BaseSettings):
     service_retry_after_s: int = Field(default=5, ge=1, description="Retry-After sent with a 503.")
     service_max_body_bytes: int = Field(default=512 * 1024, ge=1024, description="Larger bodies: 413.")
     service_max_detokenize_refs: int = Field(default=1_000, ge=1, le=10_000)
+    trusted_proxies: str = Field(
+        default="", description="IPs and CIDRs (comma-separated) whose X-Forwarded-For names the client "
+        "address in audit rows; any other peer is recorded itself.",
+    )
 
     # --- Vault: the key-encryption key (KEK) wrapping the data and digest keys (tokenpool.vault) ---
     vault_key_provider: Literal["local", "aws-kms"] = Field(

@@ -61,7 +61,7 @@ class ThreadedServer:
             tome_factory=tome_factory or (lambda: TomeClient(settings)),
         )
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, access_log=False,
-                                lifespan="on", timeout_graceful_shutdown=2, backlog=2048,
+                                lifespan="on", timeout_graceful_shutdown=2, backlog=2048, proxy_headers=False,
                                 timeout_keep_alive=round(settings.service_keep_alive_s))
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name=f"uvicorn-{self.port}", daemon=True)

@@ -97,21 +97,23 @@ async def test_every_detokenize_is_audited_with_keyed_digests_of_the_refs_only(a
         response = await client.post("/v1/detokenize", json={"external_refs": refs},
                                      headers=await api.headers("tokens:detokenize", **{"X-Correlation-ID": "audit-1"}))
     assert response.status_code == 200
-    rows = api.sql("SELECT a.api_key_name, a.correlation_id, a.outcome, a.ref_count, a.from_db, a.ref_hashes, "
-                   "a.client_addr, a.at <= now() FROM detokenize_audit a")
+    rows = api.sql("SELECT a.api_key_name, a.correlation_id, a.event, a.outcome, a.ref_count, a.from_db, "
+                   "a.ref_digests, a.ref_hashes, a.client_addr, a.at <= now() FROM detokenize_audit a")
     assert len(rows) == 1
-    name, correlation_id, outcome, count, from_db, hashes, client_addr, timed = rows[0]
+    name, correlation_id, event, outcome, count, from_db, digests, plain_hashes, client_addr, timed = rows[0]
     assert name.startswith("test-")
-    assert (correlation_id, outcome, count, from_db) == ("audit-1", "success", 2, 2)
+    assert (correlation_id, event, outcome, count, from_db) == ("audit-1", "detokenize", "success", 2, 2)
     assert (client_addr, timed) == ("127.0.0.1", True)
-    assert hashes == [api.vault.hexdigest(r) for r in refs]
-    assert not set(hashes) & {hashlib.sha256(r.encode()).hexdigest() for r in refs}, "keyed, not plain SHA-256"
+    assert digests == [api.vault.hexdigest(r) for r in refs]
+    assert not set(digests) & {hashlib.sha256(r.encode()).hexdigest() for r in refs}, "keyed, not plain SHA-256"
+    assert plain_hashes is None
     dump = str(api.sql("SELECT * FROM detokenize_audit"))
     assert all(r not in dump and p.internal_token not in dump for r, p in zip(refs, pairs, strict=True))
 
 
-async def test_more_than_a_thousand_refs_is_a_422_with_its_own_code(api: Api):
+async def test_more_than_a_thousand_refs_is_a_422_with_its_own_code_audited_without_refs(api: Api):
     response = await _detokenize(api, [f"ext_{i}" for i in range(1_001)])
     assert response.status_code == 422
     assert response.json()["code"] == "TOO_MANY_REFS"
-    assert api.sql("SELECT count(*) FROM detokenize_audit") == [(0,)]
+    assert api.sql("SELECT outcome, reason, ref_count, ref_digests FROM detokenize_audit") == [
+        ("refused", "TOO_MANY_REFS", 0, [])]

@@ -72,9 +72,9 @@ def _seed(database_url: str) -> None:
                          f" created_at) VALUES (%s, %s, %s, %s, {ago})",
                          (api_key_id, f"key-{i}", os.urandom(32), card_id, days))
         for days in [401] * OLD + [399] * 2:
-            conn.execute(f"INSERT INTO detokenize_audit (at, api_key_name, correlation_id, outcome, ref_count,"
-                         f" from_db, from_tome, unresolved, ref_hashes) VALUES ({ago}, 'retention', %s, 'success',"
-                         f" 1, 1, 0, 0, '{{}}')", (days, uuid.uuid4().hex))
+            conn.execute(f"INSERT INTO detokenize_audit (at, event, api_key_name, correlation_id, outcome, ref_count,"
+                         f" from_db, from_tome, unresolved, ref_digests) VALUES ({ago}, 'detokenize', 'retention', %s,"
+                         f" 'success', 1, 1, 0, 0, '{{}}')", (days, uuid.uuid4().hex))
         for days in [91] * OLD + [89]:
             conn.execute(f"INSERT INTO refill_runs (run_id, pool, trigger, holder, started_at, finished_at, outcome)"
                          f" VALUES (%s, %s, 'cli', 'test', {ago}, {ago}, 'succeeded')",
@@ -177,7 +177,6 @@ async def test_a_table_that_cannot_be_pruned_does_not_keep_the_others_from_their
     ("table", "index"),
     [
         ("idempotency_keys", "idempotency_keys_created_idx"),
-        ("detokenize_audit", "detokenize_audit_at_idx"),
         ("refill_runs", "refill_runs_finished_idx"),
         ("refill_batches", "refill_batches_done_idx"),
     ],

@@ -1,4 +1,4 @@
-from tokenpool.observability.masking import mask_event, mask_text, mask_token
+from tokenpool.observability.masking import mask_event, mask_text, mask_to_last_four, mask_token
 
 
 def test_a_token_keeps_only_its_ends():
@@ -24,3 +24,8 @@ def test_token_shaped_runs_inside_free_text_are_masked():
 def test_our_own_identifiers_stay_whole_for_tracing():
     correlation_id = "3f2b8c1e-9d4a-4c6b-8e2f-1a2b3c4d5e6f"
     assert mask_event({"correlation_id": correlation_id})["correlation_id"] == correlation_id
+
+
+def test_a_token_shown_to_people_keeps_its_last_four_and_its_length():
+    assert mask_to_last_four("4000123412341234") == "************1234"
+    assert mask_to_last_four("abc123") == "******"

@@ -84,11 +84,14 @@ def test_every_table_has_a_bounded_delete_and_a_count_and_none_touches_token_poo
     queries = load()
     for table in retention_policy(Settings()):
         delete, count = queries[f"retention_delete_{table}"], queries[f"retention_count_{table}"]
+        assert "%(cutoff)s" in count
+        if table == "detokenize_audit":  # a function: it moves the hash chain's watermark with the rows
+            assert "tokenpool_prune_detokenize_audit(%(cutoff)s::timestamptz, %(limit)s::integer)" in delete
+            continue
         assert f"DELETE FROM {table}" in delete
         assert "LIMIT %(limit)s" in delete
         assert "SKIP LOCKED" in delete
         assert "%(cutoff)s" in delete
-        assert "%(cutoff)s" in count
     retention_sql = " ".join(body for name, body in queries.items() if name.startswith("retention_"))
     assert "token_pool" not in retention_sql
 

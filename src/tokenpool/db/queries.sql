@@ -279,11 +279,27 @@ SELECT * FROM unnest(%(external_refs)s::text[], %(token_cts)s::bytea[], %(key_ve
 ON CONFLICT (external_ref) DO NOTHING;
 
 -- detokenize_audit_insert --
--- One audit row per detokenize request; references as SHA-256 hex digests only.
-INSERT INTO detokenize_audit (api_key_name, correlation_id, client_addr, outcome, ref_count,
-                              from_db, from_tome, unresolved, ref_hashes)
-VALUES (%(api_key_name)s, %(correlation_id)s, %(client_addr)s, %(outcome)s, %(ref_count)s,
-        %(from_db)s, %(from_tome)s, %(unresolved)s, %(ref_hashes)s);
+-- One audit row per token read or refused attempt; refs as keyed digests only. The trigger sets seq,
+-- prev_hash and row_hash, holding the chain's head locked until this transaction commits.
+INSERT INTO detokenize_audit (event, outcome, reason, api_key_name, correlation_id, client_addr, card_id,
+                              ref_count, from_db, from_tome, unresolved, ref_digests)
+VALUES (%(event)s, %(outcome)s, %(reason)s, %(api_key_name)s, %(correlation_id)s, %(client_addr)s, %(card_id)s,
+        %(ref_count)s, %(from_db)s, %(from_tome)s, %(unresolved)s, %(ref_digests)s);
+
+-- audit_chain_ends --
+-- The audit chain's head (newest row) and the prune watermark the remaining rows start from.
+SELECT seq, hash, pruned_seq, pruned_hash FROM detokenize_audit_head;
+
+-- audit_chain_page --
+-- A page of the audit chain in seq order, for `tokenpool audit verify`. Keyset pages, each its own
+-- statement: no snapshot is held across a long verification (it would stop VACUUM of token_pool).
+-- The columns are AuditRecord's fields, in its order (the store builds it positionally).
+SELECT seq, id, at, event, outcome, reason, api_key_name, correlation_id, client_addr, card_id, ref_count,
+       from_db, from_tome, unresolved, ref_hashes, ref_digests, prev_hash, row_hash
+FROM detokenize_audit
+WHERE seq > %(after)s AND seq <= %(up_to)s
+ORDER BY seq
+LIMIT %(limit)s;
 
 -- api_key_insert --
 -- A new API key (its SHA-256 only).
@@ -489,21 +505,14 @@ USING doomed
 WHERE k.api_key_id = doomed.api_key_id AND k.idempotency_key = doomed.idempotency_key;
 
 -- retention_count_detokenize_audit --
--- Detokenize audit rows a prune would delete (dry run).
+-- Detokenize audit rows a prune would delete (dry run); at most: the prune stops at the first row, in
+-- chain order, that is not older than the cutoff.
 SELECT count(*) FROM detokenize_audit WHERE at < %(cutoff)s;
 
 -- retention_delete_detokenize_audit --
--- A chunk of detokenize audit rows past their retention (at least 12 months: PCI DSS 10.5.1).
-WITH doomed AS (
-    SELECT id FROM detokenize_audit
-    WHERE at < %(cutoff)s
-    ORDER BY at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-)
-DELETE FROM detokenize_audit AS a
-USING doomed
-WHERE a.id = doomed.id;
+-- A chunk of audit rows past their retention (at least 12 months: PCI DSS 10.5.1), the oldest end of
+-- the hash chain; the function moves the chain's prune watermark with them and returns the row count.
+SELECT tokenpool_prune_detokenize_audit(%(cutoff)s::timestamptz, %(limit)s::integer);
 
 -- retention_count_refill_runs --
 -- Finished refill runs a prune would delete (dry run).

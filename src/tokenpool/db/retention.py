@@ -141,9 +141,12 @@ async def _delete_chunk(db: Database, table: str, cutoff: datetime, limit: int) 
     # held away from the refill or the janitor for the length of a long backlog.
     async with db.connection() as conn:
         cursor = await conn.execute(sql(f"retention_delete_{table}"), {"cutoff": cutoff, "limit": limit})
-    if cursor.rowcount > 0:
-        ROWS_PRUNED.labels(table=table).inc(cursor.rowcount)  # per chunk: an interrupted prune still counts
-    return max(cursor.rowcount, 0)
+        # A prune function (detokenize_audit's, which also moves the chain's watermark) returns its count.
+        row = await cursor.fetchone() if cursor.description else None
+    deleted = int(row[0]) if row else max(cursor.rowcount, 0)
+    if deleted > 0:
+        ROWS_PRUNED.labels(table=table).inc(deleted)  # per chunk: an interrupted prune still counts
+    return deleted
 
 
 async def oldest_transaction_age_s(db: Database) -> float:

@@ -87,10 +87,25 @@ def load_keyring_sync(conn: psycopg.Connection[Any], provider: KeyProvider) -> K
     raise AssertionError("unreachable")
 
 
+def ensure_keys(url: str, provider: KeyProvider) -> None:
+    """Creates the vault's first keys if the database has none (``db upgrade``, as the owner: the
+    application's role then only reads them)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        load_keyring_sync(conn, provider)
+
+
 class VaultStore:
     def __init__(self, db: Database, provider: KeyProvider) -> None:
         self._db = db
         self._provider = provider
+
+    @property
+    def kek_id(self) -> str:
+        return self._provider.kek_id
+
+    def rotate_kek(self) -> str:
+        """A new key-encryption key at the provider; :meth:`rewrap` then moves the stored keys to it."""
+        return self._provider.rotate_kek()
 
     async def keys(self) -> list[WrappedKey]:
         async with self._db.connection() as conn:
@@ -173,6 +188,7 @@ class Vault:
         self._refresh_s = refresh_s
         self._fresh_until = time.monotonic() + refresh_s
         self._reloading: asyncio.Task[None] | None = None
+        self._loading = asyncio.Lock()  # one load at a time: a burst of first requests loads the keys once
 
     @classmethod
     async def load(cls, store: VaultStore, *, refresh_s: float = 30.0) -> Vault:
@@ -202,7 +218,9 @@ class Vault:
     async def ready(self) -> None:
         """Loads the keys if this process has none yet (callers about to seal or digest, which are sync)."""
         if self._keyring is None:
-            await self.reload()
+            async with self._loading:
+                if self._keyring is None:
+                    await self.reload()
 
     async def reload(self) -> None:
         self._keyring = await self._store.keyring()

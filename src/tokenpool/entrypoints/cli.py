@@ -15,7 +15,7 @@ from rich.text import Text
 from tokenpool import bootstrap
 from tokenpool.db import migrate, retention
 from tokenpool.db.embedded import stop_embedded
-from tokenpool.entrypoints import cli_refill, cli_service, tome_emulator_cli
+from tokenpool.entrypoints import cli_audit, cli_keys, cli_refill, cli_service, tome_emulator_cli
 from tokenpool.pool import PoolStats
 from tokenpool.pool.synthetic import synthetic_pairs
 from tokenpool.settings import Settings, get_settings
@@ -28,6 +28,8 @@ app.add_typer(pool_app, name="pool")
 tome_emulator_cli.register(app)
 cli_service.register(app)
 cli_refill.register(app)
+cli_keys.register(app)
+cli_audit.register(app)
 
 console = Console()
 err_console = Console(stderr=True)

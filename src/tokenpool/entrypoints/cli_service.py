@@ -60,6 +60,7 @@ def serve(
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
         access_log=False,  # the service logs every request itself, as JSON with its correlation id
+        proxy_headers=False,  # the audit's client address: service/client_address.py reads X-Forwarded-For
         timeout_graceful_shutdown=10,
         # uvicorn's default (5 s) is shorter than any balancer's or client pool's idle timeout: a request
         # sent on a connection the server is just closing is lost, and the client sees a dropped connection.

@@ -46,6 +46,13 @@ def mask_token(value: str) -> str:
     return value[:_KEEP] + "*" * (len(value) - 2 * _KEEP) + value[-_KEEP:]
 
 
+def mask_to_last_four(value: str) -> str:
+    """``4000123412341234`` -> ``************1234`` (same length), the form shown to people (PCI DSS 3.4.1)."""
+    if len(value) < _MIN_LEN_TO_SHOW_ENDS:
+        return "*" * len(value)
+    return "*" * (len(value) - _KEEP) + value[-_KEEP:]
+
+
 def mask_text(text: str) -> str:
     """Masks token-shaped runs inside free text (exception messages, URLs)."""
     text = _DIGITS.sub(lambda m: mask_token(m.group(0)), text)

@@ -25,6 +25,7 @@ from tokenpool.service.middleware import BodyLimitMiddleware, RequestContextMidd
 from tokenpool.service.problems import install_problem_handlers, problem_response
 from tokenpool.service.routes import cards, detokenize, operations, reservations
 from tokenpool.service.state import build_components
+from tokenpool.service.token_read_audit import install_refusal_audit
 from tokenpool.service.tome_port import TomePort
 from tokenpool.settings import Settings
 from tokenpool.vault import KeyProvider, KeyProviderError, VaultError, key_provider_from_settings
@@ -64,6 +65,7 @@ def create_app(settings: Settings, *, database_url: str, tome_factory: TomeFacto
         lifespan=lifespan,
     )
     install_problem_handlers(app, max_refs=settings.service_max_detokenize_refs)
+    install_refusal_audit(app)
     retry_after = {"Retry-After": str(settings.service_retry_after_s)}
 
     async def on_database_unavailable(_request: Request, exc: Exception) -> JSONResponse:

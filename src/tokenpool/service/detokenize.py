@@ -14,11 +14,11 @@ detokenization without its audit record.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from tokenpool.cards.errors import TemporarilyUnavailable
-from tokenpool.db.audit_store import AuditStore, DetokenizeAudit
+from tokenpool.db.audit_store import AuditEntry, AuditStore
 from tokenpool.db.database import Database
 from tokenpool.db.errors import DatabaseUnavailable
 from tokenpool.db.token_lookup_store import TokenLookupStore
@@ -62,8 +62,9 @@ class DetokenizeService:
         self, refs: list[str], principal: Principal, correlation_id: str, client_addr: str | None
     ) -> DetokenizeOutcome:
         unique = list(dict.fromkeys(refs))
+        async with self._db.guard():
+            await self._vault.ready()  # before taking a connection: loading the keys takes one too
         async with self._db.connection() as conn:
-            await self._vault.ready()
             local = await self._lookups.lookup(conn, unique)
         known: dict[str, tuple[str, Source]] = {ref: (token, "db") for ref, token in local.items()}
 
@@ -85,15 +86,13 @@ class DetokenizeService:
             Resolution(ref, *known[ref]) if ref in known else Resolution(ref, None, None) for ref in refs
         ]
         from_db = len(unique) - len(misses)
-        def audit(outcome: str) -> DetokenizeAudit:
-            return DetokenizeAudit(
-                api_key_name=principal.name, correlation_id=correlation_id, client_addr=client_addr,
-                outcome=outcome, ref_count=len(refs), from_db=from_db, from_tome=len(learned),
-                unresolved=len(unique) - len(known), ref_hashes=[self._vault.hexdigest(ref) for ref in refs],
-            )
-
+        audit = AuditEntry(
+            "detokenize", "success" if tome_ok else "partial", correlation_id, client_addr, principal.name,
+            ref_digests=[self._vault.hexdigest(ref) for ref in refs], from_db=from_db, from_tome=len(learned),
+            unresolved=len(unique) - len(known),
+        )
         if not tome_ok and from_db == 0:
-            await self._audit_best_effort(audit("failure"))
+            await self._audit_best_effort(replace(audit, outcome="failure", reason="TOME_UNAVAILABLE"))
             raise TemporarilyUnavailable(
                 "TOME_UNAVAILABLE", "None of the references is in the database and TOME is unavailable.",
                 self._settings.service_retry_after_s,
@@ -102,14 +101,14 @@ class DetokenizeService:
         async with self._db.transaction() as conn:
             if learned:
                 await self._lookups.learn(conn, learned)
-            await self._audit.record(conn, audit("success" if tome_ok else "partial"))
+            await self._audit.record(conn, audit)  # last: the chain's head stays locked until commit
         DETOKENIZED_REFS.labels("db").inc(from_db)
         DETOKENIZED_REFS.labels("tome").inc(len(learned))
         DETOKENIZED_REFS.labels("none").inc(len(unique) - len(known))
         log.info("detokenize.done", refs=len(refs), from_db=from_db, from_tome=len(learned), complete=tome_ok)
         return DetokenizeOutcome(results, complete=tome_ok)
 
-    async def _audit_best_effort(self, entry: DetokenizeAudit) -> None:
+    async def _audit_best_effort(self, entry: AuditEntry) -> None:
         try:
             async with self._db.connection() as conn:
                 await self._audit.record(conn, entry)

@@ -29,6 +29,7 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
             principal = await found.api_keys.authenticate(credentials.credentials)
         if principal is None:
             raise ProblemError(401, "INVALID_API_KEY", "The API key is unknown or revoked.", headers=_CHALLENGE)
+        request.state.principal = principal  # an audited refusal after this point names the key
         structlog.contextvars.bind_contextvars(api_key_name=principal.name)
         if scope not in principal.scopes:
             raise ProblemError(403, "INSUFFICIENT_SCOPE", f"The API key lacks the scope {scope!r}.")

@@ -17,9 +17,11 @@ from tokenpool.db.vault_store import Vault
 from tokenpool.issuance import TomePairs
 from tokenpool.service.auth import ApiKeys
 from tokenpool.service.cards import CardService
+from tokenpool.service.client_address import ClientAddresses, parse_trusted_proxies
 from tokenpool.service.detokenize import DetokenizeService
 from tokenpool.service.reservations import ReservationService
 from tokenpool.service.runtime_config import RuntimeConfig
+from tokenpool.service.token_read_audit import TokenReadAudit
 from tokenpool.service.tome_port import TomePort
 from tokenpool.settings import Settings
 
@@ -37,6 +39,8 @@ class Components:
     cards: CardService
     detokenize: DetokenizeService
     reservations: ReservationService
+    token_reads: TokenReadAudit
+    client_addresses: ClientAddresses
 
 
 def build_components(settings: Settings, db: Database, vault: Vault, tome: TomePort) -> Components:
@@ -46,6 +50,7 @@ def build_components(settings: Settings, db: Database, vault: Vault, tome: TomeP
     runtime_config = RuntimeConfig(
         db, default_percent=settings.pool_traffic_percent, ttl_s=settings.service_runtime_config_ttl_s
     )
+    audit = AuditStore()
     return Components(
         settings=settings,
         db=db,
@@ -56,8 +61,10 @@ def build_components(settings: Settings, db: Database, vault: Vault, tome: TomeP
         api_keys=ApiKeys(db, cache_ttl_s=settings.service_api_key_cache_ttl_s),
         runtime_config=runtime_config,
         cards=CardService(db, store, CardStore(vault), pairs, vault, runtime_config, settings),
-        detokenize=DetokenizeService(db, TokenLookupStore(vault), AuditStore(), vault, tome, settings),
+        detokenize=DetokenizeService(db, TokenLookupStore(vault), audit, vault, tome, settings),
         reservations=ReservationService(db, store, pairs, settings),
+        token_reads=TokenReadAudit(db, audit, vault.hexdigest),
+        client_addresses=ClientAddresses(parse_trusted_proxies(settings.trusted_proxies)),
     )
 
 

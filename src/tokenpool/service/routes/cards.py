@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 
 from tokenpool.cards.idempotency import MAX_KEY_LENGTH, is_valid_key
-from tokenpool.service.auth import CARDS_READ, CARDS_WRITE, Principal
+from tokenpool.observability.masking import mask_to_last_four
+from tokenpool.service.auth import CARDS_READ, CARDS_WRITE, TOKENS_DETOKENIZE, Principal
 from tokenpool.service.cards import CardOrder
 from tokenpool.service.problems import ProblemError
 from tokenpool.service.routes.docs import PROBLEMS
@@ -49,13 +51,19 @@ async def create_card(
 
 @router.get("/cards/{card_id}", response_model=CardResponse, responses=PROBLEMS)
 async def get_card(
-    card_id: str, request: Request, _principal: Annotated[Principal, Depends(require(CARDS_READ))]
+    card_id: str, request: Request, principal: Annotated[Principal, Depends(require(CARDS_READ))]
 ) -> CardResponse:
+    """A card. The whole internal_token only for a key that also holds tokens:detokenize (the read is
+    audited, like a detokenize); for any other key it is masked to its last four characters."""
     try:
         parsed = uuid.UUID(card_id)
     except ValueError:
         parsed = None
-    card = await components(request).cards.get(parsed) if parsed else None
+    found = components(request)
+    card = await found.cards.get(parsed) if parsed else None
     if card is None:
         raise ProblemError(404, "CARD_NOT_FOUND", "No card with this id.")
+    if TOKENS_DETOKENIZE not in principal.scopes:
+        return CardResponse.of(replace(card, internal_token=mask_to_last_four(card.internal_token)))
+    await found.token_reads.card_read(card, principal, found.client_addresses.of(request))
     return CardResponse.of(card)

@@ -28,7 +28,7 @@ async def detokenize(
     limit = found.settings.service_max_detokenize_refs
     if len(body.external_refs) > limit:
         raise ProblemError(422, "TOO_MANY_REFS", f"At most {limit} external_refs per request.")
-    client = request.client.host if request.client else None
+    client = found.client_addresses.of(request)
     outcome = await found.detokenize.detokenize(body.external_refs, principal, current_correlation_id(), client)
     warnings = [] if outcome.complete else [ResponseWarning(
         code="TOME_UNAVAILABLE",
