@@ -84,10 +84,6 @@ class CardService:
         async with self._db.guard():
             await self._vault.ready()
         claim = self._claim(order)
-        if order.idempotency_key is not None:
-            existing = await self._existing(order, claim)
-            if existing is not None:
-                return existing, False
         percent = await self._config.pool_traffic_percent()
         try:
             if self._splitter.choose(percent) is TokenSource.POOL:
@@ -105,10 +101,14 @@ class CardService:
                                 self._vault.digest(_fingerprint(order).hex()))
 
     async def _create_routed_to_pool(self, order: CardOrder, claim: IdempotencyClaim) -> tuple[Card, bool]:
+        # No look-up of the Idempotency-Key first: the card statement takes the key itself, and a replay's
+        # statement finds it taken (one round trip either way).
         try:
             return await self._create_from_pool(order, claim), True
         except PoolExhausted:
             log.info("card.pool_empty.tome_fallback", program=order.program)
+        if (replayed := await self._replayed(order, claim)) is not None:
+            return replayed, False  # a replay must not cost a TOME call
         try:
             journaled = await self._pairs.one_pair(order.program)
         except TomeError as error:
@@ -122,6 +122,8 @@ class CardService:
 
     async def _create_routed_to_tome(self, order: CardOrder, claim: IdempotencyClaim, *,
                                      pool_allowed: bool) -> tuple[Card, bool]:
+        if (replayed := await self._replayed(order, claim)) is not None:
+            return replayed, False  # a replay must not cost a TOME call
         try:
             journaled = await self._pairs.one_pair(order.program)
         except TomeError as error:
@@ -186,6 +188,9 @@ class CardService:
         CARDS_CREATED.labels(order.program, TokenSource.TOME.value).inc()
         log.info("card.created", card_id=str(card_id), program=order.program, source=TokenSource.TOME.value)
         return card
+
+    async def _replayed(self, order: CardOrder, claim: IdempotencyClaim) -> Card | None:
+        return None if order.idempotency_key is None else await self._existing(order, claim)
 
     async def _existing(self, order: CardOrder, claim: IdempotencyClaim) -> Card | None:
         assert order.idempotency_key is not None

@@ -1,0 +1,106 @@
+"""The data access layer: card creation costs one statement, and rows are read by name, not position."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.integration import api_harness
+from tests.integration.api_harness import POOL, Api, running_api
+from tokenpool.db.queries import load, sql
+
+api = api_harness.api
+
+
+@pytest.fixture
+def statements(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Every statement any psycopg connection of this process sends, by name (queries.sql) or text; the
+    transaction commands (BEGIN, COMMIT, SAVEPOINT...) under their own text."""
+    names = {text: name for name, text in load().items()}
+    sent: Counter[str] = Counter()
+    execute = psycopg.AsyncCursor.execute
+    command = psycopg.AsyncConnection._exec_command
+
+    async def counting_execute(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        sent[names.get(str(query), str(query)[:40])] += 1
+        return await execute(self, query, *args, **kwargs)
+
+    def counting_command(self: Any, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        text = statement.decode() if isinstance(statement, bytes) else str(statement)
+        sent[text.split()[0].upper()] += 1
+        return command(self, statement, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", counting_execute)
+    monkeypatch.setattr(psycopg.AsyncConnection, "_exec_command", counting_command)
+    return sent
+
+
+async def test_a_card_from_the_pool_is_one_statement_and_no_transaction_commands(database_url, tome, statements):
+    cards = 20
+    # Long caches: the API key check and the runtime config stay off the database once warm.
+    async with running_api(database_url, tome, service_api_key_cache_ttl_s=600,
+                           service_runtime_config_ttl_s=600, vault_refresh_s=600) as running:
+        await running.seed(cards + 1)
+        headers = await running.headers("cards:write")
+        async with running.client() as client:
+            warm = await client.post("/v1/cards", json={"program": POOL, "customer_ref": "warm"}, headers=headers)
+            assert warm.status_code == 201
+            statements.clear()
+            for i in range(cards):
+                response = await client.post("/v1/cards", json={"program": POOL, "customer_ref": f"c{i}"},
+                                             headers={**headers, "Idempotency-Key": f"order-{i}"})
+                assert (response.status_code, response.json()["token_source"]) == (201, "pool")
+        sent = dict(statements)
+    assert sent == {"card_create_from_pool": cards}, sent
+
+
+REORDERED = {
+    # The columns of each SELECT in reverse order: a store reading by position would misassign every field.
+    "card_get": "SELECT p.token_ct, p.pool, c.created_at, c.token_source, c.external_ref, c.customer_ref,"
+                " c.program, c.card_id FROM cards c JOIN token_pool p ON p.token_digest = c.token_digest"
+                " WHERE c.card_id = %(card_id)s",
+    "reservation_state": "SELECT lease_expires_at <= now() AS lapsed, card_ref, status, lease_expires_at,"
+                         " external_ref, token_ct, pool, reservation_id FROM token_pool"
+                         " WHERE reservation_id = %(reservation_id)s",
+    "refill_batches_unfinished": "SELECT created_at, state, count, batch_id FROM refill_batches"
+                                 " WHERE pool = %(pool)s AND state <> 'done' AND (origin = 'refill'"
+                                 " OR created_at < now() - make_interval(secs => %(service_grace_s)s))"
+                                 " ORDER BY created_at",
+}
+
+
+async def test_a_select_whose_columns_are_reordered_reads_the_same_objects(api: Api, monkeypatch):
+    await api.seed(3)
+    async with api.client() as client:
+        card = (await client.post("/v1/cards", json={"program": POOL, "customer_ref": "c"},
+                                  headers=await api.headers("cards:write"))).json()
+        reservation = (await client.post("/v1/reservations", json={"program": POOL},
+                                         headers=await api.headers("reservations:write"))).json()
+    batch_id = uuid.uuid4()
+    api.sql("INSERT INTO refill_batches (batch_id, pool, count, run_id) VALUES (%s, %s, 7, %s)",
+            batch_id, POOL, batch_id)
+    reservation_id = uuid.UUID(reservation["reservation_id"])
+    from tokenpool.db.card_store import CardStore
+    from tokenpool.db.journal_store import JournalStore
+
+    async def read() -> tuple[Any, ...]:
+        async with api.db.connection() as conn:
+            got_card = await CardStore(api.vault).get(conn, uuid.UUID(card["card_id"]))
+        await api.store.commit(reservation_id, "card-x")
+        committed_again = await api.store.commit(reservation_id, "card-x")  # reads reservation_state
+        unfinished = await JournalStore(api.db, api.store, api.vault).unfinished(POOL, 0)
+        return got_card, committed_again, unfinished
+
+    as_written = await read()
+    for name, reordered in REORDERED.items():
+        assert sql(name) != reordered
+        monkeypatch.setitem(load(), name, reordered)
+    assert await read() == as_written
+    got_card, committed, unfinished = as_written
+    assert (str(got_card.card_id), got_card.internal_token) == (card["card_id"], card["internal_token"])
+    assert committed.internal_token == reservation["internal_token"]
+    assert [(b.batch_id, b.count, b.state) for b in unfinished] == [(batch_id, 7, "intent")]
