@@ -9,15 +9,16 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tokenpool.db import migrate
-from tokenpool.db.embedded import start_embedded
+from tokenpool.db.embedded import start_server
 
 
 def server_url() -> str:
-    """TOKENPOOL_DATABASE_URL if set, else the embedded server under TOKENPOOL_HOME (./.tokenpool)."""
+    """TOKENPOOL_DATABASE_URL if set, else the embedded server under TOKENPOOL_HOME (./.tokenpool), as its
+    superuser (benchmarks make scratch databases)."""
     url = os.environ.get("TOKENPOOL_DATABASE_URL")
     if url:
         return url
-    return start_embedded(Path(os.environ.get("TOKENPOOL_HOME", ".tokenpool")))
+    return start_server(Path(os.environ.get("TOKENPOOL_HOME", ".tokenpool")))
 
 
 def fresh_database(url: str, name: str) -> str:

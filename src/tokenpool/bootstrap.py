@@ -10,14 +10,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tokenpool.db import migrate
+from tokenpool.db import migrate, roles
 from tokenpool.db.database import Database
-from tokenpool.db.embedded import start_embedded
+from tokenpool.db.embedded import APP_ROLE, start_embedded
 from tokenpool.db.journal_store import JournalStore
 from tokenpool.db.lease_store import LeaseStore
 from tokenpool.db.monitoring_store import MonitoringStore
 from tokenpool.db.pool_store import PostgresTokenPool
 from tokenpool.db.vault_store import Vault, VaultStore, ensure_keys, load_keyring_sync
+from tokenpool.observability.logging import get_logger
 from tokenpool.refill.job import RefillDeps
 from tokenpool.settings import Settings
 from tokenpool.tome.client import TomeClient
@@ -27,25 +28,47 @@ if TYPE_CHECKING:  # fastapi is imported only when the service is built: the CLI
     from fastapi import FastAPI
 
 
+log = get_logger(__name__)
+
+
 def database_url(settings: Settings) -> str:
-    """The configured PostgreSQL URL, or the embedded server's (started if it is not running)."""
+    """The app role's URL (service, worker, refill, Lambda): ``TOKENPOOL_DATABASE_URL``, or the embedded
+    server's ``tokenpool_app`` (the server started if it is not running)."""
     if settings.database_url is not None:
         return settings.database_url.get_secret_value()
-    return start_embedded(settings.home)
+    if settings.database_admin_url is not None:
+        raise ValueError("TOKENPOOL_DATABASE_ADMIN_URL is set but not TOKENPOOL_DATABASE_URL (the app role's URL)")
+    return start_embedded(settings.home).app_url
+
+
+def app_role(settings: Settings) -> str:
+    """The role the grants go to; on the embedded server always its own app role."""
+    return settings.database_app_role if settings.database_url is not None else APP_ROLE
 
 
 def admin_database_url(settings: Settings) -> str:
-    """The owner's URL (migrations, grants, key rotation, retention); the application's when none is set."""
-    return database_url(settings)
+    """The owner role's URL (migrations, grants, key rotation, ``db prune``, ``audit verify``):
+    ``TOKENPOOL_DATABASE_ADMIN_URL``; without it ``TOKENPOOL_DATABASE_URL`` (one role for everything, with a
+    warning); unset both: the embedded server's ``tokenpool_owner``."""
+    if settings.database_admin_url is not None:
+        return settings.database_admin_url.get_secret_value()
+    if settings.database_url is not None:
+        log.warning("db.one_role", reason="TOKENPOOL_DATABASE_ADMIN_URL is unset: the schema is managed with "
+                    "TOKENPOOL_DATABASE_URL, whose role then owns it; the app role should own nothing "
+                    "(docs/security.md, Roles and grants)")
+        return settings.database_url.get_secret_value()
+    return start_embedded(settings.home).owner_url
 
 
 def upgrade_database(settings: Settings) -> list[migrate.Migration]:
-    """Applies pending migrations; a migration that must encrypt stored tokens gets the vault's keys."""
+    """As the owner role: pending migrations (one that must encrypt stored tokens gets the vault's keys), the
+    vault's first keys, then the app role's grants (every time: idempotent)."""
     provider = key_provider_from_settings(settings)
     context = migrate.MigrationContext(keyring=lambda conn: load_keyring_sync(conn, provider))
     url = admin_database_url(settings)
     applied = migrate.upgrade(url, context)
     ensure_keys(url, provider)
+    roles.apply_grants(url, app_role(settings))
     return applied
 
 

@@ -19,7 +19,15 @@ class Settings(BaseSettings):
 
     # --- PostgreSQL -------------------------------------------------------------------------------
     database_url: SecretStr | None = Field(
-        default=None, description="PostgreSQL URL; unset = start an embedded server under home."
+        default=None, description="PostgreSQL URL of the app role; unset = start an embedded server under home."
+    )
+    database_admin_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL URL of the owner role (migrations, grants, `db prune`); unset = database_url.",
+    )
+    database_app_role: str = Field(
+        default="tokenpool_app", min_length=1, max_length=63,
+        description="The role `db upgrade` grants the service's privileges to (the role of database_url).",
     )
     home: Path = Field(default=Path(".tokenpool"), description="Data folder for embedded services.")
     db_pool_min_size: int = Field(default=2, ge=1)

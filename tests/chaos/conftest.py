@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
 from tests.chaos.report import ChaosReport
 from tests.chaos.stack import Stack, running_stack
-from tests.fixtures.database import with_database
+from tests.fixtures.database import SessionRoles, own_embedded_server
 from tests.fixtures.tome import FAST_TOME_SETTINGS, TomeEmulator, running_emulator
-from tokenpool.db import embedded, migrate
+from tokenpool.db import embedded, migrate, roles
 from tokenpool.settings import Settings
 
 LONG_ENV = "TOKENPOOL_CHAOS_LONG"
@@ -76,21 +75,24 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 class OwnedPostgres:
-    """An embedded PostgreSQL server in a temporary folder that the chaos tests may stop and start."""
+    """An embedded PostgreSQL server of the suite's own that the chaos tests may stop and start, with an
+    owner and an app role as in production (tests/fixtures/database.py)."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, superuser_url: str) -> None:
         self.home = home
-        self.admin_url = embedded.start_embedded(home, database="chaos_admin")
+        self.roles = SessionRoles(superuser_url)
+        self.roles.create()
         self._template = f"chaos_tmpl_{os.getpid()}"
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{self._template}"')
-        migrate.upgrade(with_database(self.admin_url, self._template))
+        self.roles.create_database(self._template)
+        owner_url = self.roles.url(self.roles.owner, self._template)
+        migrate.upgrade(owner_url)
+        roles.apply_grants(owner_url, self.roles.app)
 
-    def new_database(self) -> str:
+    def new_database(self) -> tuple[str, str]:
+        """A fresh migrated database: (the app role's URL, the owner's URL)."""
         name = f"chaos_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self._template}"')
-        return with_database(self.admin_url, name)
+        self.roles.create_database(name, template=self._template)
+        return self.roles.url(self.roles.app, name), self.roles.url(self.roles.owner, name)
 
     def stop(self) -> None:
         """pg_ctl stop -m fast: sessions are ended, new connections refused, as when the server goes away."""
@@ -108,12 +110,13 @@ class OwnedPostgres:
 
 
 @pytest.fixture(scope="session")
-def owned_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnedPostgres]:
-    server = OwnedPostgres(tmp_path_factory.mktemp("chaos-pg"))
-    try:
-        yield server
-    finally:
-        server.close()
+def owned_pg() -> Iterator[OwnedPostgres]:
+    with own_embedded_server("tokenpool-chaos-pg") as (home, superuser_url):
+        server = OwnedPostgres(home, superuser_url)
+        try:
+            yield server
+        finally:
+            server.close()
 
 
 @pytest.fixture(scope="session")
@@ -164,8 +167,9 @@ def make_stack(owned_pg: OwnedPostgres, tome_for_chaos: TomeEmulator, tmp_path: 
 
     def make(**overrides: Any) -> Stack:
         tag = uuid.uuid4().hex[:10]
-        database_url = owned_pg.new_database()
-        settings = Settings(database_url=database_url, tome_url=tome_for_chaos.url,  # type: ignore[arg-type]
+        database_url, admin_database_url = owned_pg.new_database()
+        settings = Settings(database_url=database_url, database_admin_url=admin_database_url,  # type: ignore[arg-type]
+                            database_app_role=owned_pg.roles.app, tome_url=tome_for_chaos.url,
                             tome_ns1=f"NS1-{tag}", tome_ns2=f"NS2-{tag}", **{**CHAOS_SETTINGS, **overrides})
         context = running_stack(settings, database_url, tome_for_chaos, tmp_path / f"stack-{tag}")
         stacks.append(context)

@@ -20,6 +20,7 @@ import pytest
 import uvicorn
 
 from tests.factories import make_pairs
+from tests.fixtures.database import OWNER_URLS
 from tests.fixtures.tome import FAST_TOME_SETTINGS, TomeEmulator, free_port
 from tokenpool.db.database import Database
 from tokenpool.db.pool_store import PostgresTokenPool
@@ -95,6 +96,7 @@ class Api:
     keys: ApiKeys
     tome: TomeEmulator
     server: ThreadedServer
+    admin_database_url: str = ""  # the owner's URL, for the test's own setup and checks (sql)
     _tokens: dict[str, str] = field(default_factory=dict)
 
     async def key(self, *scopes: str) -> str:
@@ -121,7 +123,8 @@ class Api:
         return pairs
 
     def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
+        """A statement of the test's own, as the owner role (the service runs as the app role)."""
+        with psycopg.connect(self.admin_database_url or self.database_url, autocommit=True) as conn:
             cursor = conn.execute(query, params)  # type: ignore[arg-type]
             return cursor.fetchall() if cursor.description else []
 
@@ -136,9 +139,11 @@ class Api:
 
 
 @asynccontextmanager
-async def running_api(database_url: str, tome: TomeEmulator, *,
+async def running_api(database_url: str, tome: TomeEmulator, *, admin_database_url: str = "",
                       tome_factory: Callable[[Settings], Any] | None = None, **overrides: Any) -> AsyncIterator[Api]:
-    """``tome_factory(settings)`` replaces the service's TOME client (tests that wrap it)."""
+    """``database_url`` is the app role's (the service's); ``tome_factory(settings)`` replaces the service's
+    TOME client (tests that wrap it)."""
+    admin_database_url = admin_database_url or OWNER_URLS.get(database_url, "")
     settings = service_settings(database_url, tome.url, **overrides)
     # Not waiting for the database: some tests start the service while it is down.
     db = await Database.open(database_url, settings, min_size=1, max_size=4, bound_s=10.0)
@@ -146,15 +151,16 @@ async def running_api(database_url: str, tome: TomeEmulator, *,
     server = ThreadedServer(settings, None if tome_factory is None else lambda: tome_factory(settings))
     await asyncio.to_thread(server.start)
     try:
-        yield Api(server.url, database_url, db, vault, PostgresTokenPool(db, vault), ApiKeys(db), tome, server)
+        yield Api(server.url, database_url, db, vault, PostgresTokenPool(db, vault), ApiKeys(db), tome, server,
+                  admin_database_url)
     finally:
         await asyncio.to_thread(server.stop)
         await db.close()
 
 
 @pytest.fixture
-async def api(database_url: str, tome: TomeEmulator) -> AsyncIterator[Api]:
-    async with running_api(database_url, tome) as running:
+async def api(database_url: str, admin_database_url: str, tome: TomeEmulator) -> AsyncIterator[Api]:
+    async with running_api(database_url, tome, admin_database_url=admin_database_url) as running:
         yield running
 
 

@@ -142,7 +142,7 @@ async def test_concurrent_detokenize_requests_make_one_unbroken_chain(api: Api):
         responses = await asyncio.gather(*(
             client.post("/v1/detokenize", json={"external_refs": [p.external_ref]}, headers=headers) for p in pairs))
     assert [r.status_code for r in responses] == [200] * 50
-    async with await psycopg.AsyncConnection.connect(api.database_url, autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(api.admin_database_url, autocommit=True) as conn:
         report = await verify_chain(AuditChainReader(conn))
     assert report.ok, report.broken
     assert (report.rows, report.head.seq) == (50, 50)

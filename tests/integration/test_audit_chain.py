@@ -35,8 +35,14 @@ ENTRIES = [
 
 
 @pytest.fixture
-async def pool(database_url: str, settings: Settings) -> AsyncIterator[Database]:
-    db = await Database.open(database_url, settings, wait=True, min_size=1, max_size=4)
+def owner_url(admin_database_url: str) -> str:
+    """This module acts as the tables' owner: it forges rows and reads the chain back."""
+    return admin_database_url
+
+
+@pytest.fixture
+async def pool(owner_url: str, settings: Settings) -> AsyncIterator[Database]:
+    db = await Database.open(owner_url, settings, wait=True, min_size=1, max_size=4)
     yield db
     await db.close()
 
@@ -52,9 +58,9 @@ async def _verify(pool: Database, anchor: ChainLink | None = None, page_size: in
         return await verify_chain(AuditChainReader(conn), anchor=anchor, page_size=page_size)
 
 
-def _owner(database_url: str, statement: str, *params: object) -> list[tuple]:
+def _owner(owner_url: str, statement: str, *params: object) -> list[tuple]:
     """As the tables' owner: what an intruder with the owner's rights (or a careless admin) could do."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with psycopg.connect(owner_url, autocommit=True) as conn:
         cursor = conn.execute(statement, params)  # type: ignore[arg-type]
         return cursor.fetchall() if cursor.description else []
 
@@ -66,18 +72,18 @@ def _cli(settings: Settings, *args: str) -> tuple[int, dict]:
     return done.returncode, json.loads(done.stdout)
 
 
-def _insert_aged(database_url: str, days: list[int]) -> None:
+def _insert_aged(owner_url: str, days: list[int]) -> None:
     for age in days:
-        _owner(database_url, "INSERT INTO detokenize_audit (at, event, outcome, api_key_name, correlation_id, "
+        _owner(owner_url, "INSERT INTO detokenize_audit (at, event, outcome, api_key_name, correlation_id, "
                "ref_digests) VALUES (now() - make_interval(days => %s), 'detokenize', 'success', 'old', %s, '{}')",
                age, f"aged-{age}")
 
 
-async def test_the_trigger_hashes_a_row_exactly_as_python_does(database_url):
+async def test_the_trigger_hashes_a_row_exactly_as_python_does(owner_url):
     # The pinned sample of tests/unit/test_audit_chain.py, through the SQL function the trigger calls.
     values = {key: value for key, value in asdict(SAMPLE).items() if key != "row_hash"}
     values |= {"at": SAMPLE.at.isoformat(), "card_id": str(SAMPLE.card_id), "prev_hash": "\\x" + SAMPLE.prev_hash.hex()}
-    rows = _owner(database_url, "SELECT encode(tokenpool_detokenize_audit_row_hash("
+    rows = _owner(owner_url, "SELECT encode(tokenpool_detokenize_audit_row_hash("
                   "jsonb_populate_record(NULL::detokenize_audit, %s::jsonb)), 'hex')", json.dumps(values))
     assert rows == [(SAMPLE_ROW_HASH,)]
 
@@ -89,17 +95,17 @@ async def test_rows_of_every_kind_are_sealed_in_order_and_verify(pool):
     assert (report.rows, report.start.seq, report.head.seq) == (18, 0, 18)
 
 
-async def test_values_a_writer_sends_for_the_chain_columns_are_overwritten(database_url, pool):
+async def test_values_a_writer_sends_for_the_chain_columns_are_overwritten(owner_url, pool):
     await _write(pool, ENTRIES[:2])
-    _owner(database_url, "INSERT INTO detokenize_audit (event, outcome, correlation_id, ref_digests, seq, prev_hash,"
+    _owner(owner_url, "INSERT INTO detokenize_audit (event, outcome, correlation_id, ref_digests, seq, prev_hash,"
            " row_hash) VALUES ('detokenize', 'success', 'forged', '{}', 1, '\\x00', '\\x00')")
-    assert _owner(database_url, "SELECT seq FROM detokenize_audit WHERE correlation_id = 'forged'") == [(3,)]
+    assert _owner(owner_url, "SELECT seq FROM detokenize_audit WHERE correlation_id = 'forged'") == [(3,)]
     assert (await _verify(pool)).ok
 
 
-async def test_new_rows_cannot_carry_plain_ref_hashes(database_url):
+async def test_new_rows_cannot_carry_plain_ref_hashes(owner_url):
     with pytest.raises(psycopg.errors.CheckViolation, match="ref_digests"):
-        _owner(database_url, "INSERT INTO detokenize_audit (event, outcome, correlation_id, ref_hashes)"
+        _owner(owner_url, "INSERT INTO detokenize_audit (event, outcome, correlation_id, ref_hashes)"
                " VALUES ('detokenize', 'success', 'legacy', '{}')")
 
 
@@ -123,7 +129,7 @@ async def test_the_migration_chains_the_rows_written_before_it_as_legacy_plain_h
                          (7 - i + 0.123456, f"legacy-{i}", [f"{i:064x}"]))
     assert [m.version for m in migrate.upgrade(unmigrated_url)] == [CHAIN_MIGRATION]
 
-    settings = Settings(database_url=unmigrated_url)  # type: ignore[arg-type]
+    settings = Settings(owner_url=unmigrated_url)  # type: ignore[arg-type]
     pool = await Database.open(unmigrated_url, settings, wait=True, min_size=1, max_size=2)
     try:
         await _write(pool, ENTRIES[:2])
@@ -139,51 +145,51 @@ async def test_the_migration_chains_the_rows_written_before_it_as_legacy_plain_h
     assert rows[7:] == [(8, "detokenize", False, False), (9, "detokenize", False, False)]
 
 
-async def test_verify_names_a_deleted_row_and_exits_1(database_url, settings, pool):
+async def test_verify_names_a_deleted_row_and_exits_1(owner_url, settings, pool):
     await _write(pool, ENTRIES)
     intact_code, intact = await asyncio.to_thread(_cli, settings)
-    _owner(database_url, "DELETE FROM detokenize_audit WHERE seq = 3")
+    _owner(owner_url, "DELETE FROM detokenize_audit WHERE seq = 3")
     code, report = await asyncio.to_thread(_cli, settings)
     assert (intact_code, intact["ok"], intact["rows"], intact["head"]["seq"]) == (0, True, 6, 6)
     assert (code, report["ok"]) == (1, False)
     assert (report["broken"]["kind"], report["broken"]["seq"]) == ("deleted", 3)
 
 
-async def test_verify_names_a_changed_row_and_exits_1(database_url, settings, pool):
+async def test_verify_names_a_changed_row_and_exits_1(owner_url, settings, pool):
     await _write(pool, ENTRIES)
-    _owner(database_url, "UPDATE detokenize_audit SET api_key_name = 'someone-else' WHERE seq = 4")
+    _owner(owner_url, "UPDATE detokenize_audit SET api_key_name = 'someone-else' WHERE seq = 4")
     code, report = await asyncio.to_thread(_cli, settings)
     assert (code, report["broken"]["kind"], report["broken"]["seq"]) == (1, "changed", 4)
 
 
-async def test_verify_names_a_row_resealed_after_a_change_as_a_broken_link(database_url, pool):
+async def test_verify_names_a_row_resealed_after_a_change_as_a_broken_link(owner_url, pool):
     await _write(pool, ENTRIES)
-    _owner(database_url, "UPDATE detokenize_audit SET outcome = 'success', reason = NULL WHERE seq = 5")
-    _owner(database_url, "UPDATE detokenize_audit SET row_hash = tokenpool_detokenize_audit_row_hash(detokenize_audit)"
+    _owner(owner_url, "UPDATE detokenize_audit SET outcome = 'success', reason = NULL WHERE seq = 5")
+    _owner(owner_url, "UPDATE detokenize_audit SET row_hash = tokenpool_detokenize_audit_row_hash(detokenize_audit)"
            " WHERE seq = 5")
     report = await _verify(pool)
     assert report.broken is not None
     assert (report.broken.kind, report.broken.seq) == ("relinked", 6)
 
 
-async def test_verify_passes_after_a_prune_and_the_chain_starts_at_the_watermark(database_url, settings, pool):
-    _insert_aged(database_url, [401, 401, 401])
+async def test_verify_passes_after_a_prune_and_the_chain_starts_at_the_watermark(owner_url, settings, pool):
+    _insert_aged(owner_url, [401, 401, 401])
     await _write(pool, ENTRIES[:2])
     before = await _verify(pool)
-    pruned = _owner(database_url, "SELECT tokenpool_prune_detokenize_audit(now() - interval '400 days', 2)")
-    pruned += _owner(database_url, "SELECT tokenpool_prune_detokenize_audit(now() - interval '400 days', 2)")
+    pruned = _owner(owner_url, "SELECT tokenpool_prune_detokenize_audit(now() - interval '400 days', 2)")
+    pruned += _owner(owner_url, "SELECT tokenpool_prune_detokenize_audit(now() - interval '400 days', 2)")
     code, report = await asyncio.to_thread(_cli, settings, "--anchor", str(before.head))
     assert pruned == [(2,), (1,)]
     assert (code, report["ok"], report["rows"], report["start"]["seq"]) == (0, True, 2, 3)
     assert report["head"] == {"seq": 5, "hash": before.head.hash.hex()}
 
 
-async def test_an_anchor_exposes_a_rewrite_that_verifies_on_its_own(database_url, settings, pool):
+async def test_an_anchor_exposes_a_rewrite_that_verifies_on_its_own(owner_url, settings, pool):
     await _write(pool, ENTRIES)
     anchor = (await _verify(pool)).head
     # Someone with the owner's rights deletes a row and rebuilds the whole chain around the gap.
-    _owner(database_url, "DELETE FROM detokenize_audit WHERE seq = 2")
-    _owner(database_url, "CREATE TEMP TABLE kept AS SELECT * FROM detokenize_audit; "
+    _owner(owner_url, "DELETE FROM detokenize_audit WHERE seq = 2")
+    _owner(owner_url, "CREATE TEMP TABLE kept AS SELECT * FROM detokenize_audit; "
            "DELETE FROM detokenize_audit; UPDATE detokenize_audit_head SET seq = 0, hash = pruned_hash; "
            "INSERT INTO detokenize_audit (event, outcome, reason, api_key_name, correlation_id, client_addr, card_id,"
            " ref_count, from_db, from_tome, unresolved, ref_digests) SELECT event, outcome, reason, api_key_name,"
@@ -203,54 +209,50 @@ async def test_a_malformed_anchor_is_a_usage_error(settings):
     assert "SEQ:HASH" in done.stderr
 
 
-async def test_the_prune_keeps_366_days_whatever_it_is_asked(database_url):
-    _insert_aged(database_url, [370])
+async def test_the_prune_keeps_366_days_whatever_it_is_asked(owner_url):
+    _insert_aged(owner_url, [370])
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="366 days"):
-        _owner(database_url, "SELECT tokenpool_prune_detokenize_audit(now() - interval '365 days', 100)")
-    assert _owner(database_url, "SELECT count(*) FROM detokenize_audit") == [(1,)]
+        _owner(owner_url, "SELECT tokenpool_prune_detokenize_audit(now() - interval '365 days', 100)")
+    assert _owner(owner_url, "SELECT count(*) FROM detokenize_audit") == [(1,)]
 
 
-async def test_the_prune_stops_at_the_first_younger_row_in_chain_order(database_url, pool):
-    _insert_aged(database_url, [401, 10, 401])  # `at` may run out of seq order; the chain loses only its oldest end
-    pruned = _owner(database_url, "SELECT tokenpool_prune_detokenize_audit(now() - interval '400 days', 100)")
+async def test_the_prune_stops_at_the_first_younger_row_in_chain_order(owner_url, pool):
+    # `at` may run out of seq order; the chain loses only its oldest end
+    _insert_aged(owner_url, [401, 10, 401])
+    pruned = _owner(owner_url, "SELECT tokenpool_prune_detokenize_audit(now() - interval '400 days', 100)")
     assert pruned == [(1,)]
-    assert _owner(database_url, "SELECT seq FROM detokenize_audit ORDER BY seq") == [(2,), (3,)]
+    assert _owner(owner_url, "SELECT seq FROM detokenize_audit ORDER BY seq") == [(2,), (3,)]
     assert (await _verify(pool)).ok
 
 
-async def test_the_prune_refuses_to_destroy_a_broken_stretch(database_url, pool):
-    _insert_aged(database_url, [401, 401, 401])
-    _owner(database_url, "UPDATE detokenize_audit SET api_key_name = 'someone-else' WHERE seq = 2")
+async def test_the_prune_refuses_to_destroy_a_broken_stretch(owner_url, pool):
+    _insert_aged(owner_url, [401, 401, 401])
+    _owner(owner_url, "UPDATE detokenize_audit SET api_key_name = 'someone-else' WHERE seq = 2")
     with pytest.raises(psycopg.errors.DataCorrupted, match="seq 2"):
-        _owner(database_url, "SELECT tokenpool_prune_detokenize_audit(now() - interval '400 days', 100)")
-    assert _owner(database_url, "SELECT count(*), max(pruned_seq) FROM detokenize_audit, detokenize_audit_head") == [
+        _owner(owner_url, "SELECT tokenpool_prune_detokenize_audit(now() - interval '400 days', 100)")
+    assert _owner(owner_url, "SELECT count(*), max(pruned_seq) FROM detokenize_audit, detokenize_audit_head") == [
         (3, 0)]
 
 
-async def test_the_app_role_writes_audit_rows_with_no_right_on_the_head_or_the_prune(database_url, pool):
-    role = f"tokenpool_app_{uuid.uuid4().hex[:8]}"
-    _owner(database_url, f"CREATE ROLE {role} NOLOGIN; GRANT INSERT ON detokenize_audit TO {role}")
-    try:
-        with psycopg.connect(database_url) as conn:
-            conn.execute(f"SET ROLE {role}")
-            conn.execute("INSERT INTO detokenize_audit (event, outcome, correlation_id, ref_digests)"
-                         " VALUES ('detokenize', 'success', 'as-app', '{}')")
-            conn.commit()
-            for statement in ("SELECT * FROM detokenize_audit_head", "UPDATE detokenize_audit_head SET seq = 0",
-                              "SELECT tokenpool_prune_detokenize_audit(now() - interval '400 days', 1)",
-                              "DELETE FROM detokenize_audit"):
-                with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                    conn.execute(statement)
-                conn.rollback()
-                conn.execute(f"SET ROLE {role}")
-    finally:
-        _owner(database_url, f"REVOKE ALL ON detokenize_audit FROM {role}; DROP ROLE {role}")
-    assert _owner(database_url, "SELECT seq FROM detokenize_audit WHERE correlation_id = 'as-app'") == [(1,)]
+async def test_the_app_role_writes_audit_rows_with_no_right_on_the_head_or_the_prune(
+    database_url, owner_url, pool
+):
+    with psycopg.connect(database_url) as conn:  # the app role
+        conn.execute("INSERT INTO detokenize_audit (event, outcome, correlation_id, ref_digests)"
+                     " VALUES ('detokenize', 'success', 'as-app', '{}')")
+        conn.commit()
+        for statement in ("SELECT * FROM detokenize_audit_head", "UPDATE detokenize_audit_head SET seq = 0",
+                          "SELECT * FROM detokenize_audit", "DELETE FROM detokenize_audit",
+                          "UPDATE detokenize_audit SET outcome = 'failure'"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+            conn.rollback()
+    assert _owner(owner_url, "SELECT seq FROM detokenize_audit WHERE correlation_id = 'as-app'") == [(1,)]
     assert (await _verify(pool)).ok
 
 
-async def test_db_prune_moves_the_watermark_with_the_rows_so_the_chain_still_verifies(database_url, settings, pool):
-    _insert_aged(database_url, [402, 401, 401, 401, 399])
+async def test_db_prune_moves_the_watermark_with_the_rows_so_the_chain_still_verifies(owner_url, settings, pool):
+    _insert_aged(owner_url, [402, 401, 401, 401, 399])
     report = await retention.prune(pool, settings.model_copy(update={"retention_chunk_size": 2}))
     audit = next(part for part in report.tables if part.table == "detokenize_audit")
     verified = await _verify(pool)

@@ -18,6 +18,8 @@ from prometheus_client import REGISTRY
 import tokenpool.refill.worker as worker_module
 from tests.fixtures.database import keyring_of
 from tests.integration.refill_support import env_for, refill_deps, refill_settings
+from tokenpool.db.database import Database
+from tokenpool.db.migrate import available_migrations
 from tokenpool.db.queries import sql
 from tokenpool.db.retention import oldest_transaction_age_s, prune, publish_oldest_transaction_age
 from tokenpool.db.vault_store import pending_token_aad, pool_token_aad
@@ -113,9 +115,11 @@ def _pruned(name: str) -> float:
 
 
 @pytest.fixture
-def seeded(database_url: str) -> str:
-    _seed(database_url)
-    return database_url
+def seeded(admin_database_url: str) -> str:
+    """The owner's URL of the seeded database: backdated audit rows are beyond the app role's rights, and
+    so is reading the audit back. tokenpool's prune itself runs as the app role (pg_pool, settings)."""
+    _seed(admin_database_url)
+    return admin_database_url
 
 
 async def test_prune_deletes_rows_past_their_retention_and_keeps_everything_else(seeded, db, settings):
@@ -144,11 +148,16 @@ async def test_prune_deletes_rows_past_their_retention_and_keeps_everything_else
     assert crashed == [("running",)]
 
 
-async def test_a_dry_run_deletes_nothing_and_counts_what_the_prune_then_deletes(seeded, db, settings):
+async def test_a_dry_run_deletes_nothing_and_counts_what_the_prune_then_deletes(seeded, settings):
     before = _rows(seeded)
-    dry = await prune(db, settings, dry_run=True)
-    unchanged = _rows(seeded)
-    real = await prune(db, settings)
+    # As `tokenpool db prune --dry-run`: the owner role (the app role may not read the audit back).
+    owner = await Database.open(seeded, settings, wait=True, min_size=1, max_size=2)
+    try:
+        dry = await prune(owner, settings, dry_run=True)
+        unchanged = _rows(seeded)
+        real = await prune(owner, settings)
+    finally:
+        await owner.close()
     assert unchanged == before
     assert dry.dry_run
     assert all(part.chunks == 0 for part in dry.tables)
@@ -181,10 +190,15 @@ async def test_a_table_that_cannot_be_pruned_does_not_keep_the_others_from_their
         ("refill_batches", "refill_batches_done_idx"),
     ],
 )
-async def test_each_chunk_finds_its_rows_through_the_timestamp_index(database_url, table, index):
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+async def test_each_chunk_finds_its_rows_through_the_timestamp_index(admin_database_url, table, index):
+    statement = sql(f"retention_delete_{table}")
+    if table == "detokenize_audit":  # pruned through the owner's function: the DELETE in its body
+        (function,) = [m.sql for m in available_migrations() if "tokenpool_prune_detokenize_audit(" in m.sql]
+        start, end = function.index("WITH doomed AS"), function.index("GET DIAGNOSTICS")
+        statement = function[start:end].replace("< cutoff", "< %(cutoff)s").replace("max_rows", "%(limit)s")
+    async with await psycopg.AsyncConnection.connect(admin_database_url, autocommit=True) as conn:
         await conn.execute("SET enable_seqscan = off")  # the plan must hold for a big table, not this empty one
-        cursor = await conn.execute(f"EXPLAIN (FORMAT JSON) {sql(f'retention_delete_{table}')}",
+        cursor = await conn.execute(f"EXPLAIN (FORMAT JSON) {statement}",
                                     {"cutoff": "2020-01-01T00:00:00Z", "limit": 5000})
         plan = (await cursor.fetchone())[0]
     assert f'"Index Name": "{index}"' in json.dumps(plan)

@@ -87,11 +87,11 @@ async def test_a_ciphertext_naming_a_key_version_the_vault_lacks_is_a_clear_erro
         await api.store.lookup([pairs[0].external_ref])
 
 
-async def test_keys_rotate_and_reencrypt_while_a_thousand_cards_are_created(database_url, tome):
+async def test_keys_rotate_and_reencrypt_while_a_thousand_cards_are_created(database_url, admin_database_url, tome):
     cards_wanted, clients = 1_000, 40
     async with running_api(database_url, tome, vault_refresh_s=0.5, db_pool_max_size=30) as api:
         await api.seed(cards_wanted + 200)
-        settings = Settings(database_url=database_url)  # type: ignore[arg-type]
+        settings = Settings(database_url=database_url, database_admin_url=admin_database_url)  # type: ignore[arg-type]
         headers = await api.headers("cards:write")
         created: list[dict[str, str]] = []
 
@@ -138,13 +138,13 @@ async def test_keys_rotate_and_reencrypt_while_a_thousand_cards_are_created(data
     assert len(set(detokenized)) == cards_wanted
 
 
-async def test_rotating_the_key_encryption_key_rewraps_the_stored_keys_only(database_url, store, tmp_path):
+async def test_rotating_the_key_encryption_key_rewraps_the_stored_keys_only(database_url, admin_database_url, store):
     pairs = make_pairs(5)
     await store.add_pairs(POOL, pairs, uuid.uuid4())
     with psycopg.connect(database_url) as conn:
         before = conn.execute("SELECT purpose, version, wrapped, kek_id FROM vault_keys ORDER BY 1, 2").fetchall()
         sealed_before = conn.execute("SELECT token_ct FROM token_pool ORDER BY id").fetchall()
-    settings = Settings(database_url=database_url)  # type: ignore[arg-type]
+    settings = Settings(database_url=database_url, database_admin_url=admin_database_url)  # type: ignore[arg-type]
     async with bootstrap.open_admin_database(settings) as backend:
         new_kek = backend.vault_store.rotate_kek()
         assert await backend.vault_store.rewrap() == len(before)

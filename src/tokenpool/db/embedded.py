@@ -2,7 +2,8 @@
 
 Its data lives under ``TOKENPOOL_HOME/pgdata``; it listens on a Unix socket only. The server is left
 running after the process that started it exits, so successive CLI commands do not each pay for a
-start; ``tokenpool db stop`` (or :func:`stop_embedded`) stops it.
+start; ``tokenpool db stop`` (or :func:`stop_embedded`) stops it. Its access rules, tokenpool's two
+roles and their passwords are set up on every start (db/embedded_access.py).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import subprocess
 import warnings
 from pathlib import Path
 
-import psycopg
+from tokenpool.db.embedded_access import APP_ROLE, OWNER_ROLE, EmbeddedDatabase, enforce_access_rules, provision
 
 DATABASE = "tokenpool"
+__all__ = ["APP_ROLE", "DATABASE", "OWNER_ROLE", "EmbeddedDatabase", "start_embedded", "start_server", "stop_embedded"]
 
 
 def _server(home: Path):  # type: ignore[no-untyped-def]
@@ -27,16 +29,19 @@ def _server(home: Path):  # type: ignore[no-untyped-def]
         return get_server(home.resolve() / "pgdata", cleanup_mode=None)
 
 
-def start_embedded(home: Path, database: str = DATABASE) -> str:
-    """Starts (or finds running) the embedded server and returns a URL of ``database``, created if new."""
+def start_server(home: Path) -> str:
+    """Starts (or finds running) the embedded server with tokenpool's access rules in force; returns the
+    superuser's URL (database ``postgres``), which only this OS user (and the server's) may use."""
     server = _server(home)
-    admin_url: str = server.get_uri()
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
-        if not exists:
-            conn.execute(f'CREATE DATABASE "{database}"')
-    url: str = server.get_uri(database)
-    return url
+    superuser_url: str = server.get_uri()
+    enforce_access_rules(server.pgdata, superuser_url)
+    return superuser_url
+
+
+def start_embedded(home: Path, database: str = DATABASE) -> EmbeddedDatabase:
+    """Starts (or finds running) the embedded server; returns the owner's and the app role's URLs of
+    ``database``, which is created (owned by the owner role) if new, as are the roles."""
+    return provision(home, start_server(home), database)
 
 
 def stop_embedded(home: Path) -> bool:

@@ -20,11 +20,11 @@ import psycopg
 from psycopg.rows import class_row
 
 from tokenpool.db.database import Database
-from tokenpool.db.errors import DatabaseUnavailable
+from tokenpool.db.errors import DatabaseUnavailable, InsufficientPrivilege
 from tokenpool.db.queries import sql
 from tokenpool.db.types import Conn
 from tokenpool.observability.logging import get_logger
-from tokenpool.vault import DataKey, KeyProvider, Keyring, UnknownKeyVersion, associated_data
+from tokenpool.vault import DataKey, KeyProvider, KeyProviderError, Keyring, UnknownKeyVersion, associated_data
 
 log = get_logger(__name__)
 
@@ -115,9 +115,13 @@ class VaultStore:
         """The keyring (unwrapped keys in this process's memory only), created on first use."""
         keys = await self.keys()
         if not keys:
-            async with self._db.transaction() as conn:
-                for row in _first_keys(self._provider):
-                    await conn.execute(sql("vault_key_insert"), row)
+            try:
+                async with self._db.transaction() as conn:
+                    for row in _first_keys(self._provider):
+                        await conn.execute(sql("vault_key_insert"), row)
+            except InsufficientPrivilege as error:
+                raise KeyProviderError("the database holds no vault keys yet and this role may not create them: "
+                                       "run `tokenpool db upgrade` (as the owner role)") from error
             keys = await self.keys()
         return keyring_from(keys, self._provider)
 

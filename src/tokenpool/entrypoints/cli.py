@@ -14,6 +14,7 @@ from rich.text import Text
 
 from tokenpool import bootstrap
 from tokenpool.db import migrate, retention
+from tokenpool.db.database import Database
 from tokenpool.db.embedded import stop_embedded
 from tokenpool.entrypoints import cli_audit, cli_keys, cli_refill, cli_service, tome_emulator_cli
 from tokenpool.pool import PoolStats
@@ -42,7 +43,7 @@ SEED_CHUNK = 100_000
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
-    """Apply pending migrations (idempotent)."""
+    """Apply pending migrations and the app role's grants (idempotent; as the owner role)."""
     applied = bootstrap.upgrade_database(get_settings())
     if not applied:
         console.print("schema is up to date")
@@ -53,7 +54,7 @@ def db_upgrade() -> None:
 @db_app.command("status")
 def db_status() -> None:
     """List migrations and whether each is applied."""
-    rows = migrate.status(bootstrap.database_url(get_settings()))
+    rows = migrate.status(bootstrap.admin_database_url(get_settings()))
     table = Table("version", "name", "applied at", "checksum")
     for row in rows:
         table.add_row(
@@ -148,8 +149,11 @@ async def _seed(settings: Settings, pool: str, count: int) -> int:
 
 
 async def _prune(settings: Settings, dry_run: bool) -> retention.PruneReport:
-    async with bootstrap.open_database(settings, max_size=2) as db:
-        return await retention.prune(db.db, settings, dry_run=dry_run)
+    db = await Database.open(bootstrap.admin_database_url(settings), settings, wait=True, min_size=1, max_size=2)
+    try:
+        return await retention.prune(db, settings, dry_run=dry_run)
+    finally:
+        await db.close()
 
 
 def _print_prune(report: retention.PruneReport) -> None:

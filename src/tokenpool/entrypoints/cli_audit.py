@@ -58,7 +58,7 @@ def audit_verify(
 
 
 async def _verify(settings: Settings, anchor: ChainLink | None) -> ChainReport:
-    db = await Database.open(bootstrap.database_url(settings), settings, wait=True, min_size=1, max_size=1)
+    db = await Database.open(bootstrap.admin_database_url(settings), settings, wait=True, min_size=1, max_size=1)
     try:
         async with db.connection() as conn:
             return await verify_chain(AuditChainReader(conn), anchor=anchor)
