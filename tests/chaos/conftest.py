@@ -22,7 +22,9 @@ from tests.chaos.stack import Stack, running_stack
 from tests.fixtures.database import SessionRoles, own_embedded_server
 from tests.fixtures.tome import FAST_TOME_SETTINGS, TomeEmulator, running_emulator
 from tokenpool.db import embedded, migrate, roles
+from tokenpool.db.vault_store import ensure_keys
 from tokenpool.settings import Settings
+from tokenpool.vault import key_provider_from_settings
 
 LONG_ENV = "TOKENPOOL_CHAOS_LONG"
 
@@ -86,6 +88,7 @@ class OwnedPostgres:
         self.roles.create_database(self._template)
         owner_url = self.roles.url(self.roles.owner, self._template)
         migrate.upgrade(owner_url)
+        ensure_keys(owner_url, key_provider_from_settings(Settings()))  # as `db upgrade` makes them
         roles.apply_grants(owner_url, self.roles.app)
 
     def new_database(self) -> tuple[str, str]:

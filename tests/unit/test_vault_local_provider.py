@@ -96,8 +96,18 @@ def test_a_key_wrapped_by_a_kek_version_the_file_lacks_is_refused(tmp_path: Path
     rotated = LocalKeyProvider(tmp_path / "a" / "kek.json")
     rotated.rotate_kek()
     _plaintext, wrapped = rotated.generate_key()
+    other = LocalKeyProvider(tmp_path / "b" / "kek.json")
+    other.generate_key()  # a key file of its own, holding version 1 only
     with pytest.raises(KeyProviderError, match="version 2"):
-        LocalKeyProvider(tmp_path / "b" / "kek.json").unwrap(wrapped)
+        other.unwrap(wrapped)
+
+
+def test_reading_a_wrapped_key_never_creates_a_key_file(tmp_path: Path) -> None:
+    _plaintext, wrapped = LocalKeyProvider(tmp_path / "a" / "kek.json").generate_key()
+    elsewhere = tmp_path / "b" / "kek.json"
+    with pytest.raises(KeyProviderError, match="db upgrade"):
+        LocalKeyProvider(elsewhere).unwrap(wrapped)
+    assert not elsewhere.exists()
 
 
 def test_a_malformed_key_file_is_refused(tmp_path: Path) -> None:

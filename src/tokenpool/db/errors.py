@@ -51,3 +51,4 @@ class InvalidValue(DatabaseError):
     """PostgreSQL cannot store a value as given (e.g. a NUL character in text): the caller's input."""
 
     code = "INVALID_VALUE"
+    detail = "A value in the request cannot be stored as given (e.g. a NUL or other control character)."

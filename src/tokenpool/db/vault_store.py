@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -60,12 +60,12 @@ class VersionCount:
     rows: int
 
 
-def keyring_from(keys: Iterable[WrappedKey], provider: KeyProvider) -> Keyring:
-    data = [DataKey(key.version, provider.unwrap(bytes(key.wrapped))) for key in keys if key.purpose == DATA]
+def keyring_from(keys: Iterable[WrappedKey], unwrap: Callable[[WrappedKey], bytes]) -> Keyring:
+    data = [DataKey(key.version, unwrap(key)) for key in keys if key.purpose == DATA]
     digest = [key for key in keys if key.purpose == DIGEST]
     if not data or not digest:
         raise LookupError("the vault has no keys yet")
-    return Keyring(data, provider.unwrap(bytes(digest[0].wrapped)))
+    return Keyring(data, unwrap(digest[0]))
 
 
 def _first_keys(provider: KeyProvider) -> list[dict[str, Any]]:
@@ -82,7 +82,7 @@ def load_keyring_sync(conn: psycopg.Connection[Any], provider: KeyProvider) -> K
         with conn.cursor(row_factory=class_row(WrappedKey)) as cursor:
             keys = cursor.execute(sql("vault_keys_get")).fetchall()
         if keys or attempt:
-            return keyring_from(keys, provider)
+            return keyring_from(keys, lambda key: provider.unwrap(bytes(key.wrapped)))
         conn.cursor().executemany(sql("vault_key_insert"), _first_keys(provider))
     raise AssertionError("unreachable")
 
@@ -98,6 +98,9 @@ class VaultStore:
     def __init__(self, db: Database, provider: KeyProvider) -> None:
         self._db = db
         self._provider = provider
+        # Unwrapped keys by (purpose, version, wrapping): a reload unwraps only keys it has not seen (a KMS
+        # Decrypt is a network call), and a re-wrapped key is unwrapped again.
+        self._unwrapped: dict[tuple[str, int, bytes], bytes] = {}
 
     @property
     def kek_id(self) -> str:
@@ -123,7 +126,11 @@ class VaultStore:
                 raise KeyProviderError("the database holds no vault keys yet and this role may not create them: "
                                        "run `tokenpool db upgrade` (as the owner role)") from error
             keys = await self.keys()
-        return keyring_from(keys, self._provider)
+        missing = [key for key in keys if _cache_key(key) not in self._unwrapped]
+        if missing:  # off the event loop: a KMS call blocks for tens of milliseconds
+            clear = await asyncio.to_thread(lambda: [self._provider.unwrap(bytes(key.wrapped)) for key in missing])
+            self._unwrapped.update(zip(map(_cache_key, missing), clear, strict=True))
+        return keyring_from(keys, lambda key: self._unwrapped[_cache_key(key)])
 
     async def rotate(self) -> int:
         """A new data-key version, primary for new writes from now on (in every process once it reloads)."""
@@ -156,6 +163,10 @@ class VaultStore:
             cursor = conn.cursor(row_factory=class_row(VersionCount))
             await cursor.execute(sql("vault_version_counts"))
             return await cursor.fetchall()
+
+
+def _cache_key(key: WrappedKey) -> tuple[str, int, bytes]:
+    return key.purpose, key.version, bytes(key.wrapped)
 
 
 async def _keys(conn: Conn) -> list[WrappedKey]:

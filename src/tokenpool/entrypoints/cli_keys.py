@@ -76,7 +76,9 @@ def keys_reencrypt(
 def keys_rotate_kek() -> None:
     """Rotate the key-encryption key (local key file: a new version; KMS: see docs) and re-wrap the stored keys."""
     kek_id, rewrapped = asyncio.run(_rotate_kek(get_settings()))
-    console.print(f"key-encryption key {kek_id}; re-wrapped {rewrapped} stored keys")
+    console.print(f"key-encryption key {kek_id}; re-wrapped {rewrapped} stored keys"
+                  + (" (KMS keeps the key id when it rotates its material: nothing to re-wrap)" if not rewrapped
+                     and not kek_id.startswith("local:") else ""))
 
 
 async def _status(settings: Settings) -> dict[str, Any]:
@@ -110,6 +112,16 @@ async def _reencrypt(settings: Settings, batch: int) -> tuple[dict[str, Any], in
 
 
 async def _rotate_kek(settings: Settings) -> tuple[str, int]:
-    async with bootstrap.open_admin_database(settings) as backend:
-        kek_id = backend.vault_store.rotate_kek()
-        return kek_id, await backend.vault_store.rewrap()
+    # The stored keys are not unwrapped here: after a switch to another KMS key the configured key cannot
+    # unwrap them yet (KMS re-encrypts them from the old key inside KMS, see docs/security.md).
+    from tokenpool.db.database import Database
+    from tokenpool.db.vault_store import VaultStore
+    from tokenpool.vault import key_provider_from_settings
+
+    db = await Database.open(bootstrap.admin_database_url(settings), settings, wait=True, min_size=1, max_size=1)
+    try:
+        store = VaultStore(db, key_provider_from_settings(settings))
+        kek_id = store.rotate_kek()
+        return kek_id, await store.rewrap()
+    finally:
+        await db.close()

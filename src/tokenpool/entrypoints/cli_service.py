@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import socket
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,7 +52,7 @@ def serve(
 
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise typer.BadParameter("--ssl-certfile and --ssl-keyfile go together: give both or neither")
-    uvicorn.run(
+    config = uvicorn.Config(
         "tokenpool.entrypoints.api:create_app_from_env",
         factory=True,
         host=host,
@@ -66,6 +67,26 @@ def serve(
         # sent on a connection the server is just closing is lost, and the client sees a dropped connection.
         timeout_keep_alive=max(1, math.ceil(get_settings().service_keep_alive_s)),
     )
+    server = uvicorn.Server(config)
+    if workers == 1:
+        server.run()
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    # The workers share one listening socket made here rather than by uvicorn: uvicorn's has protocol 0, so
+    # asyncio does not set TCP_NODELAY on the connections it accepts, and every response then waits for the
+    # client's delayed ACK (~40 ms a request). Accepted sockets inherit both the protocol and the option.
+    Multiprocess(config, sockets=[_listening_socket(host, port)]).run()
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
 
 
 @apikey_app.command("create")

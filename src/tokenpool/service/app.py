@@ -84,6 +84,7 @@ def create_app(settings: Settings, *, database_url: str, tome_factory: TomeFacto
         return problem_response(status, code, detail, headers=headers)
 
     async def on_vault_error(_request: Request, exc: Exception) -> JSONResponse:
+        log.error("vault.error", error_type=type(exc).__name__, error=mask_text(str(exc))[:300])
         if isinstance(exc, KeyProviderError):  # the key service is unreachable: try again later
             return problem_response(503, "VAULT_UNAVAILABLE", "The token vault's keys are unavailable; retry later.",
                                     headers=retry_after)

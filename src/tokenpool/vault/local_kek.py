@@ -54,7 +54,9 @@ class _KeyFile:
 
 
 class LocalKeyProvider:
-    """KEK from a local key file, created on first use (mode 0600, folder 0700 when this creates it)."""
+    """KEK from a local key file, created when the first key is wrapped (mode 0600, folder 0700 when this
+    creates it). Reading a wrapped key never creates one: a process pointed at the wrong file (or none)
+    fails with a clear error instead of quietly starting a new key the stored keys were not wrapped with."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -67,14 +69,14 @@ class LocalKeyProvider:
     @property
     def kek_id(self) -> str:
         """``local:v<version>:<fingerprint>``; the fingerprint tells a replaced key file apart, reveals nothing."""
-        return self._key_file().kek_id
+        return self._key_file(create=False).kek_id
 
     def generate_key(self) -> tuple[bytes, bytes]:
         plaintext = secrets.token_bytes(KEY_BYTES)
-        return plaintext, self._wrap(self._key_file(), plaintext)
+        return plaintext, self._wrap(self._key_file(create=True), plaintext)
 
     def unwrap(self, wrapped: bytes) -> bytes:
-        key_file = self._key_file()
+        key_file = self._key_file(create=False)
         if len(wrapped) != _WRAPPED_BYTES:
             raise KeyProviderError(f"a wrapped key is {_WRAPPED_BYTES} bytes, not {len(wrapped)}")
         fmt, version = _WRAP_HEADER.unpack_from(wrapped)
@@ -97,7 +99,7 @@ class LocalKeyProvider:
 
     def rewrap(self, wrapped: bytes) -> bytes:
         plaintext = self.unwrap(wrapped)
-        return self._wrap(self._key_file(), plaintext)
+        return self._wrap(self._key_file(create=False), plaintext)
 
     def rotate_kek(self) -> str:
         """Adds a KEK version and makes it current; older versions stay for unwrap."""
@@ -124,8 +126,9 @@ class LocalKeyProvider:
         nonce = os.urandom(_NONCE_BYTES)
         return header + nonce + key_file.keys[key_file.current].encrypt(nonce, plaintext, _AAD_PREFIX + header[1:])
 
-    def _key_file(self) -> _KeyFile:
-        """The key file as now on disk: re-read when it changed (another process rotated), created if absent."""
+    def _key_file(self, *, create: bool) -> _KeyFile:
+        """The key file as now on disk: re-read when it changed (another process rotated); when absent,
+        created (``create``) or refused."""
         with self._lock:
             try:
                 identity = _identity(os.stat(self.path))
@@ -136,6 +139,10 @@ class LocalKeyProvider:
             if self._cached is not None and self._cached.identity == identity:
                 return self._cached
             key_file = self._read()
+            if key_file is None and not create:
+                raise KeyProviderError(
+                    f"no key file at {self.path}: `tokenpool db upgrade` creates one with the first keys; for "
+                    "an existing database restore the key file it was set up with (TOKENPOOL_VAULT_LOCAL_KEY_FILE)")
             if key_file is None:
                 with self._exclusive():
                     key_file = self._read() or self._create()
