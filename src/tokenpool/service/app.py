@@ -24,6 +24,7 @@ from tokenpool.pool.errors import LeaseExpired, PoolError, ReservationConflict, 
 from tokenpool.service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from tokenpool.service.problems import install_problem_handlers, problem_response
 from tokenpool.service.routes import cards, detokenize, operations, reservations
+from tokenpool.service.schemas import CreateCardRequest
 from tokenpool.service.state import build_components
 from tokenpool.service.token_read_audit import install_refusal_audit
 from tokenpool.service.tome_port import TomePort
@@ -107,7 +108,7 @@ def create_app(settings: Settings, *, database_url: str, tome_factory: TomeFacto
 
 
 def _add_problem_schema(app: FastAPI) -> None:
-    """Adds the Problem schema the routes' error responses refer to."""
+    """Adds the schemas the routes refer to but FastAPI does not see: Problem, and a hand-parsed body."""
     original = app.openapi
 
     def openapi() -> dict[str, object]:
@@ -115,6 +116,9 @@ def _add_problem_schema(app: FastAPI) -> None:
             return app.openapi_schema
         schema = original()
         components = schema.setdefault("components", {}).setdefault("schemas", {})
+        # The body of POST /v1/cards, which that route parses itself (routes/cards.py).
+        components["CreateCardRequest"] = CreateCardRequest.model_json_schema(
+            ref_template="#/components/schemas/{model}")
         components["Problem"] = {
             "type": "object",
             "required": ["type", "title", "status", "detail", "code", "correlation_id"],

@@ -81,8 +81,9 @@ class CardService:
 
     async def create(self, order: CardOrder) -> tuple[Card, bool]:
         """The card and whether it was created now (False: an Idempotency-Key replay)."""
-        async with self._db.guard():
-            await self._vault.ready()
+        if not self._vault.loaded:
+            async with self._db.guard():
+                await self._vault.ready()
         claim = self._claim(order)
         percent = await self._config.pool_traffic_percent()
         try:
@@ -96,6 +97,8 @@ class CardService:
             return existing, False
 
     def _claim(self, order: CardOrder) -> IdempotencyClaim:
+        if order.idempotency_key is None:  # nothing is stored under no key: no fingerprint to compute
+            return IdempotencyClaim(order.principal.api_key_id, None, b"")
         # A keyed digest of the request, not a plain hash: customer_ref may be guessable.
         return IdempotencyClaim(order.principal.api_key_id, order.idempotency_key,
                                 self._vault.digest(_fingerprint(order).hex()))

@@ -62,8 +62,9 @@ class DetokenizeService:
         self, refs: list[str], principal: Principal, correlation_id: str, client_addr: str | None
     ) -> DetokenizeOutcome:
         unique = list(dict.fromkeys(refs))
-        async with self._db.guard():
-            await self._vault.ready()  # before taking a connection: loading the keys takes one too
+        if not self._vault.loaded:
+            async with self._db.guard():
+                await self._vault.ready()  # before taking a connection: loading the keys takes one too
         async with self._db.connection() as conn:
             local = await self._lookups.lookup(conn, unique)
         known: dict[str, tuple[str, Source]] = {ref: (token, "db") for ref, token in local.items()}

@@ -21,18 +21,29 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 def require(scope: str) -> Callable[..., Awaitable[Principal]]:
     async def authorized(request: Request, credentials: Credentials) -> Principal:
-        if credentials is None:
-            raise ProblemError(401, "AUTHENTICATION_REQUIRED", "Send 'Authorization: Bearer <api key>'.",
-                               headers=_CHALLENGE)
-        found = components(request)
-        async with found.db.guard():
-            principal = await found.api_keys.authenticate(credentials.credentials)
-        if principal is None:
-            raise ProblemError(401, "INVALID_API_KEY", "The API key is unknown or revoked.", headers=_CHALLENGE)
-        request.state.principal = principal  # an audited refusal after this point names the key
-        structlog.contextvars.bind_contextvars(api_key_name=principal.name)
-        if scope not in principal.scopes:
-            raise ProblemError(403, "INSUFFICIENT_SCOPE", f"The API key lacks the scope {scope!r}.")
-        return principal
+        return await authorize(request, None if credentials is None else credentials.credentials, scope)
 
     return authorized
+
+
+def bearer_key(request: Request) -> str | None:
+    """The key of ``Authorization: Bearer <key>`` (what HTTPBearer reads), for routes without dependencies."""
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    return key.strip() or None if scheme.lower() == "bearer" else None
+
+
+async def authorize(request: Request, key: str | None, scope: str) -> Principal:
+    """The principal of ``key`` if it is live and holds ``scope``; a 401 or 403 problem otherwise."""
+    if key is None:
+        raise ProblemError(401, "AUTHENTICATION_REQUIRED", "Send 'Authorization: Bearer <api key>'.",
+                           headers=_CHALLENGE)
+    found = components(request)
+    # A cache hit costs no database call; a miss is bounded by the store's own guarded connection.
+    principal = await found.api_keys.authenticate(key)
+    if principal is None:
+        raise ProblemError(401, "INVALID_API_KEY", "The API key is unknown or revoked.", headers=_CHALLENGE)
+    request.state.principal = principal  # an audited refusal after this point names the key
+    structlog.contextvars.bind_contextvars(api_key_name=principal.name)
+    if scope not in principal.scopes:
+        raise ProblemError(403, "INSUFFICIENT_SCOPE", f"The API key lacks the scope {scope!r}.")
+    return principal
