@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
 from typing import Any
@@ -55,7 +56,7 @@ async def test_a_card_from_the_pool_is_one_statement_and_no_transaction_commands
                                              headers={**headers, "Idempotency-Key": f"order-{i}"})
                 assert (response.status_code, response.json()["token_source"]) == (201, "pool")
         sent = dict(statements)
-    assert sent == {"card_create_from_pool": cards}, sent
+    assert sent == {"card_create_from_pool": cards}, sent  # sequential orders: a batch of one each
 
 
 REORDERED = {
@@ -104,3 +105,35 @@ async def test_a_select_whose_columns_are_reordered_reads_the_same_objects(api: 
     assert (str(got_card.card_id), got_card.internal_token) == (card["card_id"], card["internal_token"])
     assert committed.internal_token == reservation["internal_token"]
     assert [(b.batch_id, b.count, b.state) for b in unfinished] == [(batch_id, 7, "intent")]
+
+
+async def test_concurrent_orders_share_statements_and_one_idempotency_key_makes_one_card(api: Api):
+    await api.seed(60)
+    headers = await api.headers("cards:write")
+    async with api.client() as client:
+        responses = await asyncio.gather(*(
+            client.post("/v1/cards", json={"program": POOL, "customer_ref": f"c{i % 10}"},
+                        headers={**headers, "Idempotency-Key": f"order-{i % 10}"})
+            for i in range(50)))
+    assert sorted({r.status_code for r in responses}) in ([200, 201], [201])
+    by_key: dict[str, set[str]] = {}
+    for i, response in enumerate(responses):
+        by_key.setdefault(f"order-{i % 10}", set()).add(response.json()["card_id"])
+    assert all(len(ids) == 1 for ids in by_key.values()), by_key
+    assert api.sql("SELECT count(*) FROM cards") == [(10,)]
+    assert api.sql("SELECT status, count(*) FROM token_pool GROUP BY 1 ORDER BY 1") == [("AVAILABLE", 50), ("USED", 10)]
+
+
+async def test_an_order_with_a_value_postgresql_refuses_fails_alone_in_its_batch(api: Api):
+    await api.seed(30)
+    headers = await api.headers("cards:write")
+    async with api.client() as client:
+        responses = await asyncio.gather(*(
+            client.post("/v1/cards", json={"program": POOL, "customer_ref": "a\u0000b" if i == 7 else f"c{i}"},
+                        headers=headers)
+            for i in range(20)))
+    codes = [r.status_code for r in responses]
+    assert codes[7] == 422, responses[7].text
+    assert responses[7].json()["code"] in ("INVALID_VALUE", "VALIDATION_ERROR")
+    assert codes[:7] + codes[8:] == [201] * 19
+    assert api.sql("SELECT count(*) FROM cards") == [(19,)]

@@ -6,6 +6,7 @@ one place it is kept, sealed. Creation from the pool is one statement (``card_cr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -34,15 +35,13 @@ class _SealedCard:
 
 @dataclass(frozen=True, slots=True)
 class _PoolCardRow:
+    n: int
+    card_id: UUID
     pair_claimed: bool
     key_claimed: bool
-    card_id: UUID | None
-    program: str | None
-    customer_ref: str | None
-    external_ref: str | None
-    token_source: str | None
-    created_at: datetime | None
+    created_at: datetime | None  # None: no card was created for this order
     token_ct: bytes | None
+    external_ref: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +77,15 @@ class IdempotencyClaim:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolCardOrder:
+    """One card to create from the pool: its id (chosen by the caller), customer and Idempotency-Key."""
+
+    card_id: UUID
+    customer_ref: str
+    claim: IdempotencyClaim
+
+
+@dataclass(frozen=True, slots=True)
 class PoolCardOutcome:
     """``card`` when created; else either no pair was available or the Idempotency-Key was taken first."""
 
@@ -96,31 +104,38 @@ class CardStore:
     def __init__(self, vault: Vault) -> None:
         self._vault = vault
 
-    async def create_from_pool(self, conn: Conn, card_id: UUID, program: str, customer_ref: str,
-                               claim: IdempotencyClaim, claim_start: int) -> PoolCardOutcome:
-        """One statement: claim a pair, take the key, use the pair, insert the card (autocommit: atomic)."""
+    async def create_from_pool(self, conn: Conn, program: str, orders: Sequence[PoolCardOrder],
+                               claim_start: int) -> list[PoolCardOutcome]:
+        """One statement for every order: claim pairs, take the keys, use the pairs, insert the cards
+        (autocommit: atomic). One outcome per order, in order."""
         cursor = conn.cursor(row_factory=class_row(_PoolCardRow))
         await cursor.execute(sql("card_create_from_pool"), {
-            "card_id": card_id, "pool": program, "customer_ref": customer_ref, "start": claim_start,
-            "api_key_id": claim.api_key_id, "idempotency_key": claim.idempotency_key,
-            "request_hash": claim.request_hash,
+            "pool": program, "start": claim_start, "n": len(orders),
+            "card_ids": [order.card_id for order in orders],
+            "customer_refs": [order.customer_ref for order in orders],
+            "api_key_ids": [order.claim.api_key_id for order in orders],
+            "idempotency_keys": [order.claim.idempotency_key for order in orders],
+            "request_hashes": [order.claim.request_hash for order in orders],
         })
-        row = await cursor.fetchone()
-        assert row is not None  # the statement always returns one row
-        if not row.pair_claimed:
-            POOL_RESERVATIONS.labels(program, "exhausted").inc()
-        if row.card_id is None:
-            return PoolCardOutcome(None, row.pair_claimed, row.key_claimed)
-        # The pair was claimed and used at once: counted as a reservation and its commit, so the pool's
-        # consumption reads the same whichever path took it.
-        POOL_RESERVATIONS.labels(program, "reserved").inc()
-        POOL_COMMITS.labels("committed").inc()
-        assert row.token_ct is not None
-        assert row.external_ref is not None
-        assert row.created_at is not None
-        token = await self._vault.open(row.token_ct, pool_token_aad(program, row.external_ref))
-        card = Card(row.card_id, program, customer_ref, token, row.external_ref, TokenSource.POOL, row.created_at)
-        return PoolCardOutcome(card, True, True)
+        rows = await cursor.fetchall()
+        sealed = {row.card_id: (row.token_ct, pool_token_aad(program, row.external_ref))
+                  for row in rows if row.created_at is not None and row.token_ct and row.external_ref}
+        token_of = dict(zip(sealed, await self._vault.open_all(list(sealed.values())), strict=True))
+        outcomes = []
+        for order, row in zip(orders, rows, strict=True):
+            if row.created_at is None or row.external_ref is None:
+                if not row.pair_claimed:
+                    POOL_RESERVATIONS.labels(program, "exhausted").inc()
+                outcomes.append(PoolCardOutcome(None, row.pair_claimed, row.key_claimed))
+                continue
+            # The pair was claimed and used at once: counted as a reservation and its commit, so the
+            # pool's consumption reads the same whichever path took it.
+            POOL_RESERVATIONS.labels(program, "reserved").inc()
+            POOL_COMMITS.labels("committed").inc()
+            card = Card(row.card_id, program, order.customer_ref, token_of[row.card_id], row.external_ref,
+                        TokenSource.POOL, row.created_at)
+            outcomes.append(PoolCardOutcome(card, True, True))
+        return outcomes
 
     async def claim_key(self, conn: Conn, card_id: UUID, claim: IdempotencyClaim) -> bool:
         """Takes the Idempotency-Key for ``card_id`` in the caller's transaction; False when it is taken.

@@ -158,57 +158,71 @@ SELECT DISTINCT pool FROM token_pool_counts ORDER BY pool;
 SELECT 1;
 
 -- card_create_from_pool --
--- A card from the pool in ONE statement (one round trip, its own transaction in autocommit): claim an
--- AVAILABLE pair, take the Idempotency-Key, mark the pair USED by the card, insert the card.
+-- Cards from the pool in ONE statement (one round trip, its own transaction in autocommit), for a batch of
+-- orders that arrived together (tokenpool.cards.batching; a lone order is a batch of one): claim up to n
+-- AVAILABLE pairs, pair them with the orders, take each order's Idempotency-Key, mark its pair USED by its
+-- card, insert the cards. One row per order comes back, in order.
 -- Why AVAILABLE -> USED with no RESERVED step: claim and commit are atomic here, so no lease is needed
 -- (the status machine allows this one shortcut, 0008_vault_contract.sql).
--- Why the key is taken only once a pair is claimed: with the pool empty nothing is written, and the
--- caller's TOME path takes the key itself. A concurrent retry with the same key waits on the key's
+-- Why a key is taken only by an order that got a pair: with the pool empty nothing is written for it, and
+-- the caller's TOME path takes the key itself. A concurrent retry with the same key waits on the key's
 -- unique index until the first statement ends, then inserts nothing: its pair stays AVAILABLE (its
--- UPDATE requires the key) and key_claimed = false tells the caller to read the first card.
--- The claim is the reserve statement's (random start, wrap-around; see reserve) with LIMIT 1.
-WITH after_start AS (
+-- UPDATE requires the key) and key_claimed = false tells the caller to read the first card. Two orders
+-- with one key in the same batch: the second inserts nothing (DO NOTHING sees the first's row) and
+-- learns the same way.
+-- The claim is the reserve statement's (random start, wrap-around; see reserve).
+WITH orders AS (
+    SELECT *
+    FROM unnest(%(card_ids)s::uuid[], %(customer_refs)s::text[], %(api_key_ids)s::uuid[],
+                %(idempotency_keys)s::text[], %(request_hashes)s::bytea[])
+         WITH ORDINALITY AS o(card_id, customer_ref, api_key_id, idempotency_key, request_hash, n)
+), after_start AS (
     SELECT id FROM token_pool
     WHERE pool = %(pool)s AND status = 'AVAILABLE' AND claim_key >= %(start)s
     ORDER BY claim_key
-    LIMIT 1
+    LIMIT %(n)s
     FOR UPDATE SKIP LOCKED
 ), before_start AS (
     SELECT id FROM token_pool
     WHERE pool = %(pool)s AND status = 'AVAILABLE' AND claim_key < %(start)s
     ORDER BY claim_key
-    LIMIT 1
+    LIMIT %(n)s
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     SELECT id FROM after_start
     UNION ALL
     SELECT id FROM before_start
-    LIMIT 1
+    LIMIT %(n)s
+), paired AS (
+    SELECT o.*, c.id AS pair_id
+    FROM orders o
+    JOIN (SELECT id, row_number() OVER () AS n FROM claimed) AS c USING (n)
 ), key AS (
     INSERT INTO idempotency_keys (api_key_id, idempotency_key, request_hash, card_id)
-    SELECT %(api_key_id)s, %(idempotency_key)s, %(request_hash)s, %(card_id)s
-    WHERE %(idempotency_key)s::text IS NOT NULL AND EXISTS (SELECT 1 FROM claimed)
+    SELECT api_key_id, idempotency_key, request_hash, card_id FROM paired WHERE idempotency_key IS NOT NULL
     ON CONFLICT (api_key_id, idempotency_key) DO NOTHING
     RETURNING card_id
 ), used AS (
     UPDATE token_pool AS t
-    SET status = 'USED', card_ref = %(card_id)s::text, used_at = now()
-    FROM claimed
-    WHERE t.id = claimed.id AND (%(idempotency_key)s::text IS NULL OR EXISTS (SELECT 1 FROM key))
-    RETURNING t.token_digest, t.token_ct, t.external_ref
+    SET status = 'USED', card_ref = p.card_id::text, used_at = now()
+    FROM paired AS p
+    WHERE t.id = p.pair_id AND (p.idempotency_key IS NULL OR p.card_id IN (SELECT card_id FROM key))
+    RETURNING t.id, t.token_digest, t.token_ct, t.external_ref
 ), card AS (
     INSERT INTO cards (card_id, program, customer_ref, token_digest, external_ref, token_source)
-    SELECT %(card_id)s, %(pool)s, %(customer_ref)s, used.token_digest, used.external_ref, 'pool'
-    FROM used
-    RETURNING card_id, program, customer_ref, external_ref, token_source, created_at
+    SELECT p.card_id, %(pool)s, p.customer_ref, u.token_digest, u.external_ref, 'pool'
+    FROM used AS u
+    JOIN paired AS p ON p.pair_id = u.id
+    RETURNING card_id, created_at
 )
-SELECT EXISTS (SELECT 1 FROM claimed) AS pair_claimed,
-       (%(idempotency_key)s::text IS NULL OR EXISTS (SELECT 1 FROM key)) AS key_claimed,
-       card.card_id, card.program, card.customer_ref, card.external_ref, card.token_source, card.created_at,
-       used.token_ct
-FROM (SELECT) AS one
-LEFT JOIN card ON true
-LEFT JOIN used ON true;
+SELECT o.n, o.card_id, p.pair_id IS NOT NULL AS pair_claimed,
+       (o.idempotency_key IS NULL OR o.card_id IN (SELECT card_id FROM key)) AS key_claimed,
+       c.created_at, u.token_ct, u.external_ref
+FROM orders AS o
+LEFT JOIN paired AS p USING (n)
+LEFT JOIN used AS u ON u.id = p.pair_id
+LEFT JOIN card AS c ON c.card_id = o.card_id
+ORDER BY o.n;
 
 -- card_insert --
 -- A new card on a pair obtained from TOME; runs in the transaction that inserted the pair.

@@ -1,7 +1,8 @@
 """Card creation and retrieval.
 
 From the pool, a card is one statement (``CardStore.create_from_pool``): claim a pair, take the
-Idempotency-Key, mark the pair USED, insert the card, atomically and in one round trip. When the pool is
+Idempotency-Key, mark the pair USED, insert the card, atomically and in one round trip; cards ordered at
+the same moment share that statement (``tokenpool.cards.batching``). When the pool is
 empty, or the canary share routes the request there, the pair comes from TOME (journaled first, see
 tokenpool.issuance) and is inserted as USED together with the card, in one transaction. Either way there is
 never a used pair without a card nor a card without its pair; the foreign key cards -> token_pool holds the
@@ -16,14 +17,16 @@ pair into the pool instead of wasting it.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from uuid import UUID
 
 from tokenpool.cards import Card, TokenSource
+from tokenpool.cards.batching import CardBatcher
 from tokenpool.cards.errors import IdempotencyKeyInUse, IdempotencyKeyReused, TemporarilyUnavailable
 from tokenpool.cards.idempotency import request_fingerprint
 from tokenpool.cards.routing import TrafficSplitter
-from tokenpool.db.card_store import CardStore, IdempotencyClaim
+from tokenpool.db.card_store import CardStore, IdempotencyClaim, PoolCardOrder, PoolCardOutcome
 from tokenpool.db.database import Database
 from tokenpool.db.errors import DatabaseUnavailable
 from tokenpool.db.pool_store import PostgresTokenPool, random_claim_start
@@ -74,6 +77,12 @@ class CardService:
         self._config = config
         self._settings = settings
         self._splitter = TrafficSplitter()
+        self._batcher: CardBatcher[PoolCardOrder, PoolCardOutcome] = CardBatcher(
+            self._create_many_from_pool, isolate=lambda error: not isinstance(error, DatabaseUnavailable))
+
+    async def _create_many_from_pool(self, program: str, orders: Sequence[PoolCardOrder]) -> list[PoolCardOutcome]:
+        async with self._db.connection() as conn:
+            return await self._cards.create_from_pool(conn, program, orders, random_claim_start())
 
     async def get(self, card_id: UUID) -> Card | None:
         async with self._db.connection() as conn:
@@ -148,9 +157,7 @@ class CardService:
 
     async def _create_from_pool(self, order: CardOrder, claim: IdempotencyClaim) -> Card:
         card_id = uuid.uuid4()
-        async with self._db.connection() as conn:
-            outcome = await self._cards.create_from_pool(conn, card_id, order.program, order.customer_ref, claim,
-                                                         random_claim_start())
+        outcome = await self._batcher.create(order.program, PoolCardOrder(card_id, order.customer_ref, claim))
         if outcome.card is None:
             if not outcome.pair_claimed:
                 raise PoolExhausted(order.program)
