@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 _FILENAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(sql|py)$")
 
 
+# Checksums databases recorded for migrations whose comments were reworded later (they recorded the
+# whole text then): the SQL is the same, so these still match.
+_REWORDED: dict[int, frozenset[str]] = {2: frozenset({"d105634bc33d320a"}), 3: frozenset({"1e8ed28787c2a3f4"})}
+
+
 @dataclass(frozen=True, slots=True)
 class MigrationContext:
     """What a Python migration may need besides the connection. ``keyring(conn)`` loads (or creates)
@@ -131,6 +136,6 @@ def status(url: str) -> list[MigrationStatus]:
     result = []
     for migration in available_migrations():
         checksum, applied_at = applied.get(migration.version, (migration.checksum, None))
-        matches = checksum in (migration.checksum, migration.full_text_checksum)
+        matches = checksum in {migration.checksum, migration.full_text_checksum, *_REWORDED.get(migration.version, ())}
         result.append(MigrationStatus(migration.version, migration.name, applied_at, matches))
     return result

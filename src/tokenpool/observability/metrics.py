@@ -24,7 +24,7 @@ POOL_LEASES_EXPIRED = Counter(
 )
 POOL_PAIRS_ADDED = Counter("tokenpool_pool_pairs_added_total", "Pairs bulk-loaded into the pool.", ["pool"])
 
-# --- Refill (issue 4: owned by the refill job; add below this line) -------------------------------
+# --- Refill ------------------------------------------------------------------------------------------
 # EMF (the Lambda) publishes the same families under the same names: a counter's family name (its
 # Prometheus sample carries the `_total` suffix), pool pairs as POOL_PAIRS above.
 REFILL_PAIRS_ADDED = Counter("tokenpool_refill_pairs_added", "Pairs the refill job loaded into the pool.", ["pool"])
@@ -46,7 +46,7 @@ POOL_AVAILABLE_BEFORE_REFILL = Gauge(
 )
 POOL_ALERTS = Counter("tokenpool_pool_alerts", "Health alerts by channel and outcome.", ["channel", "outcome"])
 
-# --- Service (issue 5: owned by the HTTP service; add below this line) -----------------------------
+# --- Service -----------------------------------------------------------------------------------------
 HTTP_REQUESTS = Counter(
     "tokenpool_http_requests_total", "HTTP requests by route template, method and status.",
     ["route", "method", "status"],
@@ -79,7 +79,7 @@ POOL_TRAFFIC_PERCENT = Gauge(
 )
 
 # --- TOME -----------------------------------------------------------------------------------------
-# Owned by tokenpool.tome (issue 3). One HTTP attempt = one request sample; a logical call that retried
+# The TOME client (tokenpool.tome). One HTTP attempt = one request sample; a logical call that retried
 # shows as several requests plus retries. Outcomes: ok, bad_request, rate_limited, server_error, timeout,
 # connection_error, bad_response, breaker_open (fail fast: no request reached TOME).
 TOME_REQUESTS = Counter(

@@ -1,1 +1,1 @@
-"""The card and detokenize HTTP service (issue 5)."""
+"""The card and detokenize HTTP service."""

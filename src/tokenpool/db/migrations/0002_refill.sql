@@ -1,4 +1,4 @@
--- The refill job (issue 4): its lease, its crash-safe batch journal, its run history, the consumption
+-- The refill job: its lease, its crash-safe batch journal, its run history, the consumption
 -- samples behind the forecast and the last alerted health state per pool.
 
 -- One row per pool: who runs its refill and until when. A row lock-free lease (no advisory lock) so

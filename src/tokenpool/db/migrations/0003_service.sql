@@ -1,4 +1,4 @@
--- The card and detokenize service (issue 5): API keys, cards, idempotency keys, pairs learned from TOME,
+-- The card and detokenize service: API keys, cards, idempotency keys, pairs learned from TOME,
 -- the detokenize audit trail and runtime configuration (the canary share).
 
 -- API keys: only a SHA-256 of the key is stored. The keys are 256-bit random strings, so a fast hash
