@@ -5,9 +5,12 @@
 
 Each mode gets its own stack (``bench.stack``: embedded PostgreSQL under ``<out>/stack-<mode>``, the
 TOME emulator at 20..60 ms per call with a rate limit, initial refill, worker with the refill schedule
-compressed like the clock, API). The day runs in the requested modes; bursts and the capacity search
-run on the pool-mode stack after its day. ``<out>/report.md`` (and ``results.json``, ``e2e-*.png``) is
-written at the end; ``--publish DIR`` copies the report (as ``e2e-report.md``) and the charts there.
+compressed like the clock, API). Direct mode is the seed's baseline: cards at a canary share of 0 %
+(every card an NS1 issue and an NS2 tokenize) and every detokenize sent by the harness to TOME NS2 (one
+call per request), since the baseline keeps no copy of the pairs. The day runs in the requested modes;
+bursts and the capacity search run on the pool-mode stack after its day. ``<out>/report.md`` (and
+``results.json``, ``e2e-*.png``) is written at the end; ``--publish DIR`` copies the report (as
+``e2e-report.md``) and the charts there.
 """
 
 from __future__ import annotations
@@ -36,11 +39,13 @@ from bench.load_driver import (
     Outcome,
     Recent,
     Sample,
+    TomeDetokenize,
     api_client,
     burst,
     read_tome_requests,
     run_schedule,
     sample_until,
+    tome_client,
 )
 from bench.loadshape import arrival_offsets, hourly_cards, peak_rate, percentile, windowed_percentiles
 from bench.stack import Stack, StackConfig, running_stack, top_up
@@ -109,8 +114,11 @@ async def run_day(stack: Stack, mode: str, cards: int, hour_seconds: float, max_
     start = time.monotonic()
     sampler = asyncio.create_task(sample_until(stack, stop, start))
     try:
-        async with api_client(stack, max_in_flight) as client:
-            outcomes = await run_schedule(client, events, max_in_flight=max_in_flight)
+        async with api_client(stack, max_in_flight) as client, tome_client(stack, max_in_flight) as tome_http:
+            # Direct mode is the seed's baseline: it has no database copy of the pairs, so its every
+            # detokenize is an NS2 call. The service at canary 0 % would still answer from its database.
+            baseline = TomeDetokenize(tome_http, stack.tome_ns2) if mode == "direct" else None
+            outcomes = await run_schedule(client, events, max_in_flight=max_in_flight, tome=baseline)
         await asyncio.sleep(2 * 1.0)  # two more samples after the last answer
     finally:
         stop.set()
@@ -129,6 +137,7 @@ async def run_day(stack: Stack, mode: str, cards: int, hour_seconds: float, max_
     return {
         "mode": mode, "cards_scheduled": cards, "hour_seconds": hour_seconds, "elapsed_s": elapsed,
         "card": card, "detokenize": latency_summary(outcomes, "detokenize"), "read": latency_summary(outcomes, "read"),
+        "detokenize_via": "tome" if mode == "direct" else "service",
         "token_source": dict(sources),
         "tome_requests": tome, "tome_total": tome_total,
         "tome_per_card": tome_total / card["ok"] if card["ok"] else float("nan"),

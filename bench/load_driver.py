@@ -64,12 +64,38 @@ def api_client(stack: Stack, max_connections: int) -> httpx.AsyncClient:
     )
 
 
-async def _send(client: httpx.AsyncClient, kind: str, serial: int, recent: Recent) -> httpx.Response | None:
+@dataclass(frozen=True)
+class TomeDetokenize:
+    """The seed's baseline detokenize: no database copy of the pairs, so one NS2 detokenize call per request."""
+
+    client: httpx.AsyncClient  # on the TOME emulator
+    namespace: str
+
+    async def send(self, refs: list[str]) -> httpx.Response:
+        return await self.client.post(f"/v1/namespaces/{self.namespace}/detokenize", json={"tokens": refs})
+
+
+def tome_client(stack: Stack, max_connections: int) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=stack.tome_url,
+        timeout=REQUEST_TIMEOUT,
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        trust_env=False,
+    )
+
+
+async def _send(
+    client: httpx.AsyncClient, kind: str, serial: int, recent: Recent, tome: TomeDetokenize | None
+) -> httpx.Response | None:
     if kind == "card":
         return await client.post("/v1/cards", json={"program": PROGRAM, "customer_ref": f"cust-{serial}"})
     if kind == "detokenize":
         refs = recent.refs(DETOKENIZE_BATCH)
-        return await client.post("/v1/detokenize", json={"external_refs": refs}) if refs else None
+        if not refs:
+            return None
+        if tome is not None:
+            return await tome.send(refs)
+        return await client.post("/v1/detokenize", json={"external_refs": refs})
     if kind == "read":
         card_id = recent.last_card()
         return await client.get(f"/v1/cards/{card_id}") if card_id else None
@@ -79,9 +105,17 @@ async def _send(client: httpx.AsyncClient, kind: str, serial: int, recent: Recen
 
 
 async def run_schedule(
-    client: httpx.AsyncClient, events: Sequence[tuple[float, str]], *, max_in_flight: int, recent: Recent | None = None
+    client: httpx.AsyncClient,
+    events: Sequence[tuple[float, str]],
+    *,
+    max_in_flight: int,
+    recent: Recent | None = None,
+    tome: TomeDetokenize | None = None,
 ) -> list[Outcome]:
-    """Sends each ``(offset_s, kind)`` at its offset; at most ``max_in_flight`` requests open at once."""
+    """Sends each ``(offset_s, kind)`` at its offset; at most ``max_in_flight`` requests open at once.
+
+    With ``tome``, each detokenize goes to TOME instead of the service (the baseline's detokenize path).
+    """
     recent = recent or Recent()
     loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(max_in_flight)
@@ -91,7 +125,7 @@ async def run_schedule(
     async def one(serial: int, offset: float, kind: str) -> None:
         async with gate:
             try:
-                response = await _send(client, kind, serial, recent)
+                response = await _send(client, kind, serial, recent, tome)
             except httpx.HTTPError:
                 outcomes.append(Outcome(kind, offset, (loop.time() - start - offset) * 1000, 0, "TRANSPORT"))
                 return

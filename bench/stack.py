@@ -65,6 +65,7 @@ class Stack:
     api_key: str
     logs: Path
     supervisor: Supervisor
+    tome_ns2: str  # the namespace of the external refs, as the children read it
 
 
 @contextmanager
@@ -104,7 +105,7 @@ def running_stack(config: StackConfig, console: Console) -> Iterator[Stack]:
         api_url = f"http://{HOST}:{api_port}"
         wait_until_ready(f"{api_url}/healthz", api)
         key = supervisor.create_api_key("loadtest")
-        yield Stack(api_url, tome_url, url, key, logs, supervisor)
+        yield Stack(api_url, tome_url, url, key, logs, supervisor, settings.tome_ns2)
     finally:
         supervisor.stop_all()
         stop_embedded(home)

@@ -34,9 +34,8 @@ async def test_round_trip_issue_on_ns1_tokenize_on_ns2_detokenize_back(
 ) -> None:
     ns1, ns2 = new_ns(), new_ns()
     client = make_tome_client(tome_ns1=ns1, tome_ns2=ns2)
-    pairs = await client.issue_pairs(50)
-    internal = [i for i, _ in pairs]
-    external = [e for _, e in pairs]
+    internal = await client.issue(ns1, 50, idempotency_key=str(uuid.uuid4()))
+    external = await client.tokenize(ns2, internal)
     assert all(is_internal_token(t) for t in internal)
     assert all(is_external_ref(r) for r in external)
     assert len(set(internal)) == len(set(external)) == 50

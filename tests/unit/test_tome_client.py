@@ -253,18 +253,6 @@ async def test_the_breaker_opens_on_failures_then_fails_fast_without_sending_any
     assert client.requests_made == 5
 
 
-async def test_issue_pairs_issues_on_ns1_and_tokenizes_those_tokens_on_ns2() -> None:
-    recorder = Recorder()
-    client = make_client(recorder, tome_ns1="INTERNAL", tome_ns2="EXTERNAL")
-    pairs = await client.issue_pairs(3)
-    assert [r.url.path for r in recorder.requests] == [
-        "/v1/namespaces/INTERNAL/tokens:issue",
-        "/v1/namespaces/EXTERNAL/tokenize",
-    ]
-    assert [external for _, external in pairs] == [f"ext_{internal}" for internal, _ in pairs]
-    assert recorder.requests[0].headers["X-Correlation-ID"] == recorder.requests[1].headers["X-Correlation-ID"]
-
-
 async def test_empty_requests_send_nothing() -> None:
     recorder = Recorder()
     client = make_client(recorder)

@@ -201,3 +201,10 @@ def test_a_reloaded_keyring_keeps_the_digest_key_and_the_counts() -> None:
     assert reloaded.encryptions == {1: 1, 2: 0}
     assert reloaded.digest(TOKEN) == ring.digest(TOKEN)
     assert reloaded.decrypt(blob, ROW_A) == TOKEN
+
+
+def test_the_bulk_loads_associated_data_is_the_rows_associated_data() -> None:
+    from tokenpool.db.vault_store import pool_token_aad, pool_token_aads
+
+    aad = pool_token_aads("program-a")
+    assert [aad(ref) for ref in ("ext_1", "é", "")] == [pool_token_aad("program-a", ref) for ref in ("ext_1", "é", "")]

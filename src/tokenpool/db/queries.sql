@@ -1,7 +1,9 @@
 -- Every statement tokenpool sends to PostgreSQL. Each starts with a header line `-- name --`
 -- and a one-line description; tokenpool.db.queries parses this file into a dict by name.
--- Parameters use psycopg's %(name)s style. Only the stores in tokenpool/db/ run them, and they read
--- rows by column name (psycopg class_row), so reordering a SELECT's columns cannot misassign a field.
+-- Parameters use psycopg's %(name)s style; arrays go in binary (%(name)b): nothing to format in Python
+-- nor to parse in the server (a 1,000-ref detokenize halves its audit insert). Only the stores in
+-- tokenpool/db/ run them, and they read rows by column name (psycopg class_row), so reordering a
+-- SELECT's columns cannot misassign a field.
 --
 -- Internal tokens never appear in clear: token_ct is their AES-256-GCM ciphertext (naming its key
 -- version), token_digest their HMAC-SHA-256 digest, both computed in the application
@@ -88,7 +90,7 @@ WHERE t.id = lapsed.id;
 -- Detokenize from the pool: external reference IDs -> sealed internal tokens, one round trip for the batch.
 SELECT external_ref, pool, token_ct
 FROM token_pool
-WHERE external_ref = ANY(%(external_refs)s);
+WHERE external_ref = ANY(%(external_refs)b);
 
 -- create_staging --
 -- Per-connection staging table for COPY; emptied at the end of every transaction.
@@ -173,8 +175,8 @@ SELECT 1;
 -- The claim is the reserve statement's (random start, wrap-around; see reserve).
 WITH orders AS (
     SELECT *
-    FROM unnest(%(card_ids)s::uuid[], %(customer_refs)s::text[], %(api_key_ids)s::uuid[],
-                %(idempotency_keys)s::text[], %(request_hashes)s::bytea[])
+    FROM unnest(%(card_ids)b::uuid[], %(customer_refs)b::text[], %(api_key_ids)b::uuid[],
+                %(idempotency_keys)b::text[], %(request_hashes)b::bytea[])
          WITH ORDINALITY AS o(card_id, customer_ref, api_key_id, idempotency_key, request_hash, n)
 ), after_start AS (
     SELECT id FROM token_pool
@@ -282,14 +284,14 @@ WHERE k.api_key_id = %(api_key_id)s AND k.idempotency_key = %(idempotency_key)s;
 -- detokenize_local --
 -- Detokenize from the database in one round trip: the pool (every pair it ever held, incl. pairs
 -- fetched from TOME for cards) and the pairs learned from TOME NS2 earlier.
-SELECT external_ref, pool, token_ct FROM token_pool WHERE external_ref = ANY(%(external_refs)s)
+SELECT external_ref, pool, token_ct FROM token_pool WHERE external_ref = ANY(%(external_refs)b)
 UNION ALL
-SELECT external_ref, NULL, token_ct FROM learned_pairs WHERE external_ref = ANY(%(external_refs)s);
+SELECT external_ref, NULL, token_ct FROM learned_pairs WHERE external_ref = ANY(%(external_refs)b);
 
 -- learned_pairs_insert --
 -- Remember pairs that TOME NS2 answered, so the next detokenize of these refs stays local.
 INSERT INTO learned_pairs (external_ref, token_ct, key_version)
-SELECT * FROM unnest(%(external_refs)s::text[], %(token_cts)s::bytea[], %(key_versions)s::int[])
+SELECT * FROM unnest(%(external_refs)b::text[], %(token_cts)b::bytea[], %(key_versions)b::int[])
 ON CONFLICT (external_ref) DO NOTHING;
 
 -- detokenize_audit_insert --
@@ -298,7 +300,7 @@ ON CONFLICT (external_ref) DO NOTHING;
 INSERT INTO detokenize_audit (event, outcome, reason, api_key_name, correlation_id, client_addr, card_id,
                               ref_count, from_db, from_tome, unresolved, ref_digests)
 VALUES (%(event)s, %(outcome)s, %(reason)s, %(api_key_name)s, %(correlation_id)s, %(client_addr)s, %(card_id)s,
-        %(ref_count)s, %(from_db)s, %(from_tome)s, %(unresolved)s, %(ref_digests)s);
+        %(ref_count)s, %(from_db)s, %(from_tome)s, %(unresolved)s, %(ref_digests)b);
 
 -- audit_chain_ends --
 -- The audit chain's head (newest row) and the prune watermark the remaining rows start from.
@@ -421,7 +423,7 @@ ORDER BY created_at;
 -- the same tokens in the same order, so a second insert of the same batch changes nothing.
 INSERT INTO refill_pending_tokens (batch_id, position, token_ct, key_version)
 SELECT %(batch_id)s, t.position, t.token_ct, t.key_version
-FROM unnest(%(token_cts)s::bytea[], %(key_versions)s::int[]) WITH ORDINALITY AS t(token_ct, key_version, position)
+FROM unnest(%(token_cts)b::bytea[], %(key_versions)b::int[]) WITH ORDINALITY AS t(token_ct, key_version, position)
 ON CONFLICT (batch_id, position) DO NOTHING;
 
 -- refill_batch_mark_issued --
@@ -605,8 +607,9 @@ UPDATE vault_keys SET wrapped = %(wrapped)s, kek_id = %(kek_id)s
 WHERE purpose = %(purpose)s AND version = %(version)s AND wrapped = %(old_wrapped)s;
 
 -- vault_version_counts --
--- Sealed tokens per table and key version (keys status). Index-only scans on the key_version indexes for
--- token_pool and learned_pairs; refill_pending_tokens holds a few batches at most.
+-- Sealed tokens per table and key version (keys status): a scan of token_pool (an operator command; an
+-- index on key_version would slow every bulk load), an index-only scan of learned_pairs, and
+-- refill_pending_tokens holds a few batches at most.
 SELECT 'token_pool' AS table_name, key_version, count(*)::bigint AS rows FROM token_pool GROUP BY key_version
 UNION ALL
 SELECT 'learned_pairs', key_version, count(*)::bigint FROM learned_pairs GROUP BY key_version
@@ -615,11 +618,11 @@ SELECT 'refill_pending_tokens', key_version, count(*)::bigint FROM refill_pendin
 ORDER BY 1, 2;
 
 -- reencrypt_token_pool_page --
--- The next page of pairs sealed under an older key version, by id (keyset: resumable, no OFFSET). No lock:
--- the write below is a compare-and-set.
+-- The next page of pairs sealed under an older key version, by id (keyset on the primary key: resumable,
+-- no OFFSET, one pass over the table for the whole run). No lock: the write below is a compare-and-set.
 SELECT id, pool, external_ref, token_ct FROM token_pool
-WHERE key_version = %(key_version)s AND id > %(after_id)s
-ORDER BY key_version, id
+WHERE id > %(after_id)s AND key_version = %(key_version)s
+ORDER BY id
 LIMIT %(limit)s;
 
 -- reencrypt_token_pool_write --
@@ -627,7 +630,7 @@ LIMIT %(limit)s;
 -- the page was read keeps its value (the next run picks it up). Short: a page is one statement.
 UPDATE token_pool AS t
 SET token_ct = u.new_ct, key_version = %(key_version)s
-FROM unnest(%(ids)s::bigint[], %(old_cts)s::bytea[], %(new_cts)s::bytea[]) AS u(id, old_ct, new_ct)
+FROM unnest(%(ids)b::bigint[], %(old_cts)b::bytea[], %(new_cts)b::bytea[]) AS u(id, old_ct, new_ct)
 WHERE t.id = u.id AND t.token_ct = u.old_ct;
 
 -- reencrypt_learned_pairs_page --
@@ -641,7 +644,7 @@ LIMIT %(limit)s;
 -- As reencrypt_token_pool_write.
 UPDATE learned_pairs AS t
 SET token_ct = u.new_ct, key_version = %(key_version)s
-FROM unnest(%(refs)s::text[], %(old_cts)s::bytea[], %(new_cts)s::bytea[]) AS u(external_ref, old_ct, new_ct)
+FROM unnest(%(refs)b::text[], %(old_cts)b::bytea[], %(new_cts)b::bytea[]) AS u(external_ref, old_ct, new_ct)
 WHERE t.external_ref = u.external_ref AND t.token_ct = u.old_ct;
 
 -- reencrypt_pending_tokens_page --
@@ -654,6 +657,6 @@ LIMIT %(limit)s;
 -- As reencrypt_token_pool_write.
 UPDATE refill_pending_tokens AS t
 SET token_ct = u.new_ct, key_version = %(key_version)s
-FROM unnest(%(batch_ids)s::uuid[], %(positions)s::int[], %(old_cts)s::bytea[], %(new_cts)s::bytea[])
+FROM unnest(%(batch_ids)b::uuid[], %(positions)b::int[], %(old_cts)b::bytea[], %(new_cts)b::bytea[])
      AS u(batch_id, position, old_ct, new_ct)
 WHERE t.batch_id = u.batch_id AND t.position = u.position AND t.token_ct = u.old_ct;

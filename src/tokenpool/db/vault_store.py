@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,18 @@ DIGEST = "digest"
 def pool_token_aad(pool: str, external_ref: str) -> bytes:
     """A pair's ciphertext is bound to its pool and its external reference (both never change)."""
     return associated_data("token_pool", pool, external_ref)
+
+
+def pool_token_aads(pool: str) -> Callable[[str], bytes]:
+    """``pool_token_aad(pool, ref)`` for many refs of one pool: the pool's part is framed once (bulk loads)."""
+    prefix = associated_data("token_pool", pool)
+    length = struct.Struct(">I").pack
+
+    def aad(external_ref: str) -> bytes:
+        encoded = external_ref.encode()
+        return prefix + length(len(encoded)) + encoded
+
+    return aad
 
 
 def learned_token_aad(external_ref: str) -> bytes:

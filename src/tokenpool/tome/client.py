@@ -349,22 +349,6 @@ class TomeClient:
             values.extend(await self._call(Operation.DETOKENIZE, namespace, batch, len(batch), cid))
         return values
 
-    async def issue_pairs(self, count: int, *, correlation_id: str | None = None) -> list[tuple[str, str]]:
-        """``count`` (internal, external) pairs: issue on NS1, then tokenize those on NS2.
-
-        If the tokenize step fails, the issued tokens are lost to the caller (TOME's ledger still
-        lists them). A caller that must not lose any (the refill job) calls :meth:`issue` and
-        :meth:`tokenize` itself and keeps the issued tokens to tokenize again: tokenize is idempotent.
-        """
-        cid = _correlation_id(correlation_id)
-        internal = await self.issue(self.settings.tome_ns1, count, correlation_id=cid)
-        try:
-            external = await self.tokenize(self.settings.tome_ns2, internal, correlation_id=cid)
-        except TomeError:
-            log.warning("tome.pairs_orphaned", issued=len(internal), correlation_id=cid)
-            raise
-        return list(zip(internal, external, strict=True))
-
     def breaker_state(self) -> str:
         """``closed``, ``open`` or ``half_open``."""
         return self.breaker.state.value
