@@ -22,15 +22,28 @@ from tokenpool.pool.model import TokenPair
 
 
 @dataclass(frozen=True, slots=True)
-class _SealedCard:
+class _InsertedCard:
     card_id: UUID
     program: str
     customer_ref: str
     external_ref: str
     token_source: str
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _SealedCard(_InsertedCard):
+    """A stored card with its pair's sealed token (read through the join)."""
+
     pool: str
     token_ct: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _KeyedCard(_SealedCard):
+    """A card and the fingerprint of the request that created it under an Idempotency-Key."""
+
+    request_hash: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,29 +55,6 @@ class _PoolCardRow:
     created_at: datetime | None  # None: no card was created for this order
     token_ct: bytes | None
     external_ref: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class _InsertedCard:
-    card_id: UUID
-    program: str
-    customer_ref: str
-    external_ref: str
-    token_source: str
-    created_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class _KeyedCard:
-    request_hash: bytes
-    card_id: UUID
-    program: str
-    customer_ref: str
-    external_ref: str
-    token_source: str
-    created_at: datetime
-    pool: str
-    token_ct: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,9 +167,7 @@ class CardStore:
         row = await cursor.fetchone()
         if row is None:
             return None
-        sealed = _SealedCard(row.card_id, row.program, row.customer_ref, row.external_ref, row.token_source,
-                             row.created_at, row.pool, row.token_ct)
-        return KeyedCard(bytes(row.request_hash), await self._open(sealed))
+        return KeyedCard(bytes(row.request_hash), await self._open(row))
 
     async def _open(self, row: _SealedCard) -> Card:
         token = await self._vault.open(row.token_ct, pool_token_aad(row.pool, row.external_ref))

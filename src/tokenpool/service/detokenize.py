@@ -99,10 +99,15 @@ class DetokenizeService:
                 self._settings.service_retry_after_s,
             )
 
-        async with self._db.transaction() as conn:
-            if learned:
+        if learned:
+            async with self._db.transaction() as conn:
                 await self._lookups.learn(conn, learned)
-            await self._audit.record(conn, audit)  # last: the chain's head stays locked until commit
+                await self._audit.record(conn, audit)  # last: the chain's head stays locked until commit
+        else:
+            # One statement in autocommit: the chain's head is locked only while the server runs it and
+            # commits, not for a client round trip more (audit writers queue on that lock).
+            async with self._db.connection() as conn:
+                await self._audit.record(conn, audit)
         DETOKENIZED_REFS.labels("db").inc(from_db)
         DETOKENIZED_REFS.labels("tome").inc(len(learned))
         DETOKENIZED_REFS.labels("none").inc(len(unique) - len(known))
