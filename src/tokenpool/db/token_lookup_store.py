@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from psycopg.rows import class_row
 
 from tokenpool.db.queries import sql
 from tokenpool.db.types import Conn
-from tokenpool.db.vault_store import Vault, learned_token_aad, pool_token_aad
+from tokenpool.db.vault_store import Vault, learned_token_aad, pool_token_aads
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +28,11 @@ class TokenLookupStore:
         cursor = conn.cursor(row_factory=class_row(_SealedRef))
         await cursor.execute(sql("detokenize_local"), {"external_refs": list(external_refs)})
         rows = await cursor.fetchall()
-        tokens = await self._vault.open_all([
-            (row.token_ct, learned_token_aad(row.external_ref) if row.pool is None
-             else pool_token_aad(row.pool, row.external_ref))
-            for row in rows
-        ])
+        aads: dict[str | None, Callable[[str], bytes]] = {None: learned_token_aad}  # each pool's part framed once
+        for row in rows:
+            if row.pool is not None and row.pool not in aads:
+                aads[row.pool] = pool_token_aads(row.pool)
+        tokens = await self._vault.open_all([(row.token_ct, aads[row.pool](row.external_ref)) for row in rows])
         return {row.external_ref: token for row, token in zip(rows, tokens, strict=True)}
 
     async def learn(self, conn: Conn, pairs: Mapping[str, str]) -> None:

@@ -89,7 +89,7 @@ class DetokenizeService:
         from_db = len(unique) - len(misses)
         audit = AuditEntry(
             "detokenize", "success" if tome_ok else "partial", correlation_id, client_addr, principal.name,
-            ref_digests=[self._vault.hexdigest(ref) for ref in refs], from_db=from_db, from_tome=len(learned),
+            ref_digests=self._vault.hexdigests(refs), from_db=from_db, from_tome=len(learned),
             unresolved=len(unique) - len(known),
         )
         if not tome_ok and from_db == 0:
