@@ -137,3 +137,18 @@ async def test_an_order_with_a_value_postgresql_refuses_fails_alone_in_its_batch
     assert responses[7].json()["code"] in ("INVALID_VALUE", "VALIDATION_ERROR")
     assert codes[:7] + codes[8:] == [201] * 19
     assert api.sql("SELECT count(*) FROM cards") == [(19,)]
+
+
+async def test_an_unreadable_pair_fails_only_its_own_order_in_a_batch(api: Api):
+    pairs = await api.seed(10)
+    api.sql("UPDATE token_pool SET token_ct = (SELECT token_ct FROM token_pool WHERE external_ref = %s)"
+            " WHERE external_ref = %s", pairs[0].external_ref, pairs[1].external_ref)  # as the owner
+    headers = await api.headers("cards:write")
+    async with api.client() as client:
+        responses = await asyncio.gather(*(
+            client.post("/v1/cards", json={"program": POOL, "customer_ref": f"c{i}"}, headers=headers)
+            for i in range(10)))
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [201] * 9 + [500], [r.text for r in responses if r.status_code != 201]
+    assert next(r for r in responses if r.status_code == 500).json()["code"] == "TOKEN_UNREADABLE"
+    assert api.sql("SELECT count(*) FROM cards") == [(10,)]  # committed all the same: no card is created twice

@@ -206,7 +206,9 @@ ILLEGAL_UPDATES = [
 
 
 @pytest.mark.parametrize(("start", "statement"), ILLEGAL_UPDATES)
-async def test_the_database_refuses_an_illegal_change(store, database_url, start, statement):
+async def test_the_database_refuses_an_illegal_change(store, admin_database_url, start, statement):
+    # As the owner: the app role may not even write a pair's identity columns (grants.sql); the trigger
+    # refuses the change whoever sends it.
     await load(store, 1)
     if start != "AVAILABLE":
         reservation = await store.reserve(POOL, SHORT_LEASE if start == "EXPIRED" else LEASE)
@@ -215,11 +217,19 @@ async def test_the_database_refuses_an_illegal_change(store, database_url, start
         else:
             await asyncio.sleep(SHORT_LEASE * 3)
             await store.expire_leases()
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(admin_database_url, autocommit=True) as conn:
         row = await (await conn.execute("SELECT id, status FROM token_pool")).fetchone()
         assert row[1] == start
         with pytest.raises(psycopg.errors.CheckViolation):
             await conn.execute(statement, {"id": row[0]})
+
+
+async def test_the_app_role_cannot_rewrite_a_pairs_sealed_token_or_identity(store, database_url):
+    await load(store, 1)
+    for column in ("token_ct = '\\x00'", "token_digest = sha256('x')", "external_ref = 'x'", "pool = 'x'"):
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                await conn.execute(f"UPDATE token_pool SET {column}")
 
 
 async def test_a_pair_may_go_from_available_straight_to_used_by_a_card(store, database_url):

@@ -64,9 +64,9 @@ async def test_no_internal_token_of_a_card_is_readable_anywhere_in_the_data_fold
     assert _files_holding(data_directory, [refs[0].encode()])
 
 
-async def test_a_ciphertext_copied_to_another_row_fails_to_decrypt_and_is_never_answered(api: Api, database_url):
+async def test_a_ciphertext_copied_to_another_row_fails_to_decrypt_and_is_never_answered(api: Api, admin_database_url):
     pairs = await api.seed(2)
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with psycopg.connect(admin_database_url, autocommit=True) as conn:
         conn.execute("UPDATE token_pool SET token_ct = (SELECT token_ct FROM token_pool WHERE external_ref = %s)"
                      " WHERE external_ref = %s", (pairs[0].external_ref, pairs[1].external_ref))
     with pytest.raises(CiphertextRejected):
@@ -78,9 +78,9 @@ async def test_a_ciphertext_copied_to_another_row_fails_to_decrypt_and_is_never_
     assert pairs[0].internal_token not in response.text
 
 
-async def test_a_ciphertext_naming_a_key_version_the_vault_lacks_is_a_clear_error(api: Api, database_url):
+async def test_a_ciphertext_naming_a_key_version_the_vault_lacks_is_a_clear_error(api: Api, admin_database_url):
     pairs = await api.seed(1)
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with psycopg.connect(admin_database_url, autocommit=True) as conn:
         # Byte 0 is the format, bytes 1-4 the key version: claim version 77.
         conn.execute("UPDATE token_pool SET token_ct = overlay(token_ct placing '\\x0000004d'::bytea from 2 for 4)")
     with pytest.raises(UnknownKeyVersion, match="77"):
@@ -213,3 +213,15 @@ def test_the_vault_key_file_is_private(tmp_path):
     provider = key_provider_from_settings(Settings(vault_local_key_file=key_file))
     provider.generate_key()
     assert os.stat(key_file).st_mode & 0o777 == 0o600
+
+
+def test_a_token_an_old_writer_stores_in_clear_after_the_seal_is_sealed_by_the_contract(clear_era_database):
+    url = clear_era_database
+    provider = key_provider_from_settings(Settings())
+    context = migrate.MigrationContext(keyring=lambda conn: load_keyring_sync(conn, provider))
+    migrate.upgrade(url, context, target=7)  # columns added, rows sealed
+    with psycopg.connect(url, autocommit=True) as conn:  # a process of the previous version, still running
+        conn.execute("INSERT INTO token_pool (pool, internal_token, external_ref, batch_id) VALUES"
+                     " ('default', '4000000000000009', 'ext-late', %s)", (uuid.uuid4(),))
+    assert next(m.version for m in migrate.upgrade(url, context)) == 8
+    assert pool_pairs(url) == {"ext-late": "4000000000000009"}

@@ -17,7 +17,7 @@ def test_available_leaves_only_by_a_reservation_or_straight_to_a_card():
 def test_the_migration_guard_lists_exactly_the_allowed_transitions():
     from importlib.resources import files
 
-    migration = files("tokenpool.db").joinpath("migrations/0008_vault_contract.sql").read_text()
+    migration = files("tokenpool.db").joinpath("migrations/0008_vault_contract.py").read_text()
     for old, new in ALLOWED_TRANSITIONS:
         assert f"('{old}', '{new}')" in migration
 

@@ -208,3 +208,11 @@ def test_the_bulk_loads_associated_data_is_the_rows_associated_data() -> None:
 
     aad = pool_token_aads("program-a")
     assert [aad(ref) for ref in ("ext_1", "é", "")] == [pool_token_aad("program-a", ref) for ref in ("ext_1", "é", "")]
+
+
+def test_a_keyring_refuses_one_key_under_two_versions_or_purposes() -> None:
+    key = bytes(range(32))
+    with pytest.raises(ValueError, match="two versions or purposes"):
+        Keyring([DataKey(1, key), DataKey(2, key)], bytes(32))
+    with pytest.raises(ValueError, match="two versions or purposes"):
+        Keyring([DataKey(1, key)], key)

@@ -19,6 +19,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from tokenpool.observability.logging import get_logger
+
+log = get_logger(__name__)
+
 Order = TypeVar("Order")
 Outcome = TypeVar("Outcome")
 
@@ -58,8 +62,11 @@ class CardBatcher(Generic[Order, Outcome]):
         batch: list[_Pending[Order, Outcome]] = []
         try:
             while queue:
-                batch = [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
-                await self._run(program, batch)
+                # An order whose caller gave up while it waited is not sent: nobody would get its card.
+                batch = [p for p in (queue.popleft() for _ in range(min(len(queue), self._max_batch)))
+                         if not p.future.done()]
+                if batch:
+                    await self._run(program, batch)
                 batch = []
         except BaseException as error:
             # Cancelled (shutdown): no caller may be left hanging, neither this batch nor, when no other
@@ -84,7 +91,10 @@ class CardBatcher(Generic[Order, Outcome]):
                 await self._run(program, [pending])
             return
         for pending, outcome in zip(batch, outcomes, strict=True):
-            if not pending.future.done():  # a caller that gave up (disconnected) was served all the same
+            if pending.future.done():  # its caller gave up while the statement ran: the outcome stands
+                card_id = str(getattr(pending.order, "card_id", "?"))
+                log.warning("card.order_abandoned", program=program, card_id=card_id)
+            else:
                 pending.future.set_result(outcome)
 
 

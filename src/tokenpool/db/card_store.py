@@ -76,10 +76,22 @@ class PoolCardOrder:
 
 
 @dataclass(frozen=True, slots=True)
+class SealedPoolCard:
+    """A card just created from the pool, its token still sealed (each caller opens its own)."""
+
+    card_id: UUID
+    program: str
+    customer_ref: str
+    external_ref: str
+    created_at: datetime
+    token_ct: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class PoolCardOutcome:
     """``card`` when created; else either no pair was available or the Idempotency-Key was taken first."""
 
-    card: Card | None
+    card: SealedPoolCard | None
     pair_claimed: bool
     key_claimed: bool
 
@@ -97,7 +109,9 @@ class CardStore:
     async def create_from_pool(self, conn: Conn, program: str, orders: Sequence[PoolCardOrder],
                                claim_start: int) -> list[PoolCardOutcome]:
         """One statement for every order: claim pairs, take the keys, use the pairs, insert the cards
-        (autocommit: atomic). One outcome per order, in order."""
+        (autocommit: atomic). One outcome per order, in order. Nothing here can fail once the statement has
+        committed: the tokens stay sealed until each caller opens its own (:meth:`open_pool_card`), so one
+        unreadable pair costs its own order, never the batch's committed cards."""
         cursor = conn.cursor(row_factory=class_row(_PoolCardRow))
         await cursor.execute(sql("card_create_from_pool"), {
             "pool": program, "start": claim_start, "n": len(orders),
@@ -108,12 +122,9 @@ class CardStore:
             "request_hashes": [order.claim.request_hash for order in orders],
         })
         rows = await cursor.fetchall()
-        sealed = {row.card_id: (row.token_ct, pool_token_aad(program, row.external_ref))
-                  for row in rows if row.created_at is not None and row.token_ct and row.external_ref}
-        token_of = dict(zip(sealed, await self._vault.open_all(list(sealed.values())), strict=True))
         outcomes = []
         for order, row in zip(orders, rows, strict=True):
-            if row.created_at is None or row.external_ref is None:
+            if row.created_at is None or row.external_ref is None or row.token_ct is None:
                 if not row.pair_claimed:
                     POOL_RESERVATIONS.labels(program, "exhausted").inc()
                 outcomes.append(PoolCardOutcome(None, row.pair_claimed, row.key_claimed))
@@ -122,10 +133,15 @@ class CardStore:
             # pool's consumption reads the same whichever path took it.
             POOL_RESERVATIONS.labels(program, "reserved").inc()
             POOL_COMMITS.labels("committed").inc()
-            card = Card(row.card_id, program, order.customer_ref, token_of[row.card_id], row.external_ref,
-                        TokenSource.POOL, row.created_at)
-            outcomes.append(PoolCardOutcome(card, True, True))
+            sealed = SealedPoolCard(row.card_id, program, order.customer_ref, row.external_ref, row.created_at,
+                                    row.token_ct)
+            outcomes.append(PoolCardOutcome(sealed, True, True))
         return outcomes
+
+    async def open_pool_card(self, sealed: SealedPoolCard) -> Card:
+        token = await self._vault.open(sealed.token_ct, pool_token_aad(sealed.program, sealed.external_ref))
+        return Card(sealed.card_id, sealed.program, sealed.customer_ref, token, sealed.external_ref,
+                    TokenSource.POOL, sealed.created_at)
 
     async def claim_key(self, conn: Conn, card_id: UUID, claim: IdempotencyClaim) -> bool:
         """Takes the Idempotency-Key for ``card_id`` in the caller's transaction; False when it is taken.

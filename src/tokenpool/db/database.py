@@ -35,6 +35,11 @@ from tokenpool.db.types import Conn
 from tokenpool.observability.logging import get_logger
 from tokenpool.settings import Settings
 
+# SQLSTATEs of a statement that lost to others on a live connection: query_canceled (statement_timeout),
+# deadlock_detected, serialization_failure, lock_not_available. A shutdown (57P01) or a broken connection
+# (08xxx, no SQLSTATE) is an outage.
+_CONTENTION = frozenset({"57014", "40P01", "40001", "55P03"})
+
 # After this long without a successful reconnect the pool starts a fresh attempt on the next request
 # (psycopg_pool backs off exponentially within an attempt): bounds recovery after a long outage.
 RECONNECT_TIMEOUT_S = 10.0
@@ -154,6 +159,11 @@ class Database:
 
     def translate(self, error: BaseException) -> DatabaseError | None:
         """The project's error for a driver failure (or a timeout of a guarded block); None: not ours."""
+        if isinstance(error, psycopg.OperationalError) and error.sqlstate in _CONTENTION:
+            # The server answered with an error on a live connection (statement timeout, deadlock, lock
+            # timeout, serialization failure): contention, not an outage; the pool needs no check.
+            log.warning("database.busy", sqlstate=error.sqlstate, error_type=type(error).__name__)
+            return DatabaseBusy(type(error).__name__)
         if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError | TimeoutError):
             if self._busy(error):
                 log.warning("database.busy", in_use=self.connections.in_use, error_type=type(error).__name__)
@@ -240,7 +250,10 @@ class GuardedConnection:
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            await self._db.connections.putconn(conn)
+            try:
+                await self._db.connections.putconn(conn)
+            except BaseException as returning:  # the bound expired (or a cancellation) while it went back
+                error = error or returning
         raised = await self._leave(error)
         if raised is not None and raised is not error:
             raise raised from error  # None or the same error: it propagates as it is

@@ -27,7 +27,11 @@ GRANT USAGE ON SCHEMA public TO {app};
 
 -- The pool: claim, commit, release, expire leases (UPDATE ... RETURNING, SELECT ... FOR UPDATE), load
 -- pairs (INSERT from the staging table), read pairs and counts. Pairs are never deleted.
-GRANT SELECT, INSERT, UPDATE ON token_pool TO {app};
+-- UPDATE only of the status machine's columns: the app role cannot rewrite a pair's sealed token (which
+-- would destroy it: only the owner re-encrypts) nor its identity.
+GRANT SELECT, INSERT ON token_pool TO {app};
+GRANT UPDATE (status, reservation_id, reserved_at, lease_expires_at, used_at, expired_at, card_ref)
+    ON token_pool TO {app};
 -- Kept by the token_pool triggers (INSERT ... ON CONFLICT DO UPDATE); read by stats and list_pools.
 GRANT SELECT, INSERT, UPDATE ON token_pool_counts TO {app};
 

@@ -165,7 +165,7 @@ SELECT 1;
 -- AVAILABLE pairs, pair them with the orders, take each order's Idempotency-Key, mark its pair USED by its
 -- card, insert the cards. One row per order comes back, in order.
 -- Why AVAILABLE -> USED with no RESERVED step: claim and commit are atomic here, so no lease is needed
--- (the status machine allows this one shortcut, 0008_vault_contract.sql).
+-- (the status machine allows this one shortcut, migration 0008).
 -- Why a key is taken only by an order that got a pair: with the pool empty nothing is written for it, and
 -- the caller's TOME path takes the key itself. A concurrent retry with the same key waits on the key's
 -- unique index until the first statement ends, then inserts nothing: its pair stays AVAILABLE (its
@@ -202,6 +202,7 @@ WITH orders AS (
 ), key AS (
     INSERT INTO idempotency_keys (api_key_id, idempotency_key, request_hash, card_id)
     SELECT api_key_id, idempotency_key, request_hash, card_id FROM paired WHERE idempotency_key IS NOT NULL
+    ORDER BY api_key_id, idempotency_key  -- two batches holding the same keys take them in one order: no deadlock
     ON CONFLICT (api_key_id, idempotency_key) DO NOTHING
     RETURNING card_id
 ), used AS (

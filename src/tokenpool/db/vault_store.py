@@ -217,6 +217,7 @@ class Vault:
         self._fresh_until = time.monotonic() + refresh_s
         self._reloading: asyncio.Task[None] | None = None
         self._loading = asyncio.Lock()  # one load at a time: a burst of first requests loads the keys once
+        self._reloading_lock = asyncio.Lock()
 
     @classmethod
     async def load(cls, store: VaultStore, *, refresh_s: float = 30.0) -> Vault:
@@ -251,8 +252,13 @@ class Vault:
                     await self.reload()
 
     async def reload(self) -> None:
-        self._keyring = await self._store.keyring()
-        self._fresh_until = time.monotonic() + self._refresh_s
+        # One at a time, and never back to an older primary: a slow reload that read the keys before a
+        # rotation must not replace the keyring a later one installed.
+        async with self._reloading_lock:
+            keyring = await self._store.keyring()
+            if self._keyring is None or keyring.primary_version >= self._keyring.primary_version:
+                self._keyring = keyring
+            self._fresh_until = time.monotonic() + self._refresh_s
 
     async def _reload_quietly(self) -> None:
         try:

@@ -166,7 +166,7 @@ class CardService:
         TOME_CALLS_AVOIDED.labels("issue").inc()
         TOME_CALLS_AVOIDED.labels("tokenize").inc()
         log.info("card.created", card_id=str(card_id), program=order.program, source=TokenSource.POOL.value)
-        return outcome.card
+        return await self._cards.open_pool_card(outcome.card)
 
     async def _create_from_tome_pair(self, order: CardOrder, claim: IdempotencyClaim,
                                      journaled: JournaledPair) -> Card:

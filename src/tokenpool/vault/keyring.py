@@ -94,6 +94,11 @@ class Keyring:
             raise ValueError("a keyring needs at least one data key")
         if len(digest_key) < KEY_BYTES:
             raise ValueError(f"the digest key must be at least {KEY_BYTES} bytes")
+        # A wrapped key copied over another's row (one version's over a newer one's, or a data key over the
+        # digest key) would unwrap fine: refuse a keyring where one key serves twice, so a rotation cannot
+        # quietly go on writing under the key it was meant to retire.
+        if len(set(keys.values()) | {digest_key}) != len(keys) + 1:
+            raise ValueError("one key is stored under two versions or purposes: the vault's keys were tampered with")
         primary = max(keys) if primary_version is None else primary_version
         if primary not in keys:
             raise UnknownKeyVersion(primary)

@@ -25,6 +25,12 @@ SELECT (SELECT count(*) FROM token_pool WHERE internal_token IS NOT NULL)
 
 
 def upgrade(conn: psycopg.Connection[Any], context: MigrationContext) -> None:
+    seal_clear_rows(conn, context)
+
+
+def seal_clear_rows(conn: psycopg.Connection[Any], context: MigrationContext) -> None:
+    """Encrypts every token still stored in clear; 0008 runs it again, under locks, for rows that writers of
+    the previous version added after this migration committed."""
     row = conn.execute(_CLEAR_ROWS).fetchone()
     if not row or not row[0]:
         return

@@ -1,9 +1,26 @@
--- Field encryption, last of three migrations: the clear token columns go (0007 encrypted their rows).
---
--- Dropping a column does not erase old row versions at once: they stay in the table files until VACUUM
--- reuses the space, and in WAL and backups made before this migration. docs/security.md says how to
--- purge them after upgrading a database that held clear tokens.
+"""Field encryption, last of three migrations: the clear token columns go (0007 encrypted their rows).
 
+First, under locks that keep writers out until this transaction ends, it seals any token a process of the
+previous version stored in clear after 0007 committed (an upgrade while the old version still runs): a
+NOT NULL below would otherwise fail on such a row, and fail again on every rerun.
+
+Dropping a column does not erase old row versions at once: they stay in the table files until VACUUM
+reuses the space, and in WAL and backups made before this migration. docs/security.md says how to purge
+them after upgrading a database that held clear tokens.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import psycopg
+
+from tokenpool.db.migrate import MigrationContext
+
+_LOCK = "LOCK TABLE token_pool, cards, learned_pairs, refill_pending_tokens IN SHARE ROW EXCLUSIVE MODE"
+
+CONTRACT = """
 ALTER TABLE token_pool
     DROP COLUMN internal_token,
     ALTER COLUMN token_digest SET NOT NULL,
@@ -67,3 +84,10 @@ BEGIN
     RETURN NULL;
 END;
 $$;
+"""
+
+
+def upgrade(conn: psycopg.Connection[Any], context: MigrationContext) -> None:
+    conn.execute(_LOCK)
+    importlib.import_module("tokenpool.db.migrations.0007_vault_seal").seal_clear_rows(conn, context)
+    conn.execute(CONTRACT.encode())
