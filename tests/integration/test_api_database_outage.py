@@ -123,7 +123,7 @@ async def test_an_overloaded_service_answers_service_busy_not_database_unavailab
         body = {"program": POOL, "customer_ref": "c"}
         async with api.client() as client:
             assert (await client.post("/v1/cards", json=body, headers=headers)).status_code == 201
-            with psycopg.connect(database_url) as blocker:
+            with psycopg.connect(api.admin_database_url) as blocker:  # the owner: the app role may not lock it
                 blocker.execute("LOCK TABLE token_pool IN ACCESS EXCLUSIVE MODE")
                 holding = asyncio.create_task(client.post("/v1/cards", json=body, headers=headers))
                 await _until_a_statement_waits_on_a_lock(database_url)  # it holds the only connection now
