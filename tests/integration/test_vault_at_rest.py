@@ -225,3 +225,11 @@ def test_a_token_an_old_writer_stores_in_clear_after_the_seal_is_sealed_by_the_c
                      " ('default', '4000000000000009', 'ext-late', %s)", (uuid.uuid4(),))
     assert next(m.version for m in migrate.upgrade(url, context)) == 8
     assert pool_pairs(url) == {"ext-late": "4000000000000009"}
+
+
+async def test_a_reload_keeps_counting_encryptions_per_data_key(store):
+    vault = store._vault
+    vault.seal("4000000000000001", b"aad")
+    counted = vault.keyring.encryptions[vault.keyring.primary_version]
+    await vault.reload()
+    assert vault.keyring.encryptions[vault.keyring.primary_version] == counted >= 1  # the nonce budget goes on

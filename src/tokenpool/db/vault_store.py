@@ -73,11 +73,16 @@ class VersionCount:
     rows: int
 
 
-def keyring_from(keys: Iterable[WrappedKey], unwrap: Callable[[WrappedKey], bytes]) -> Keyring:
+def keyring_from(keys: Iterable[WrappedKey], unwrap: Callable[[WrappedKey], bytes],
+                 previous: Keyring | None = None) -> Keyring:
+    """``previous``: the keyring this one replaces (a reload), whose encryption counts per data key go on:
+    they are the nonce budget, and must not restart at every reload."""
     data = [DataKey(key.version, unwrap(key)) for key in keys if key.purpose == DATA]
     digest = [key for key in keys if key.purpose == DIGEST]
     if not data or not digest:
         raise LookupError("the vault has no keys yet")
+    if previous is not None:
+        return previous.with_data_keys(data)  # the digest key never changes
     return Keyring(data, unwrap(digest[0]))
 
 
@@ -127,8 +132,9 @@ class VaultStore:
         async with self._db.connection() as conn:
             return await _keys(conn)
 
-    async def keyring(self) -> Keyring:
-        """The keyring (unwrapped keys in this process's memory only), created on first use."""
+    async def keyring(self, previous: Keyring | None = None) -> Keyring:
+        """The keyring (unwrapped keys in this process's memory only), created on first use; ``previous``:
+        the one it replaces (see :func:`keyring_from`)."""
         keys = await self.keys()
         if not keys:
             try:
@@ -143,7 +149,7 @@ class VaultStore:
         if missing:  # off the event loop: a KMS call blocks for tens of milliseconds
             clear = await asyncio.to_thread(lambda: [self._provider.unwrap(bytes(key.wrapped)) for key in missing])
             self._unwrapped.update(zip(map(_cache_key, missing), clear, strict=True))
-        return keyring_from(keys, lambda key: self._unwrapped[_cache_key(key)])
+        return keyring_from(keys, lambda key: self._unwrapped[_cache_key(key)], previous)
 
     async def rotate(self) -> int:
         """A new data-key version, primary for new writes from now on (in every process once it reloads)."""
@@ -255,7 +261,7 @@ class Vault:
         # One at a time, and never back to an older primary: a slow reload that read the keys before a
         # rotation must not replace the keyring a later one installed.
         async with self._reloading_lock:
-            keyring = await self._store.keyring()
+            keyring = await self._store.keyring(self._keyring)
             if self._keyring is None or keyring.primary_version >= self._keyring.primary_version:
                 self._keyring = keyring
             self._fresh_until = time.monotonic() + self._refresh_s
