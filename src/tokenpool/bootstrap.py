@@ -8,8 +8,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from tokenpool.aws.secrets import read_database_url
 from tokenpool.db import migrate, roles
 from tokenpool.db.database import Database
 from tokenpool.db.embedded import APP_ROLE, start_embedded
@@ -31,19 +33,41 @@ if TYPE_CHECKING:  # fastapi is imported only when the service is built: the CLI
 log = get_logger(__name__)
 
 
+def uses_external_database(settings: Settings) -> bool:
+    """Whether the app role's URL is configured (directly or as a secret), rather than the embedded server's."""
+    return settings.database_url is not None or bool(settings.database_url_secret_arn)
+
+
 def database_url(settings: Settings) -> str:
-    """The app role's URL (service, worker, refill, Lambda): ``TOKENPOOL_DATABASE_URL``, or the embedded
-    server's ``tokenpool_app`` (the server started if it is not running)."""
+    """The app role's URL (service, worker, refill, Lambda): ``TOKENPOOL_DATABASE_URL``, or the secret
+    ``TOKENPOOL_DATABASE_URL_SECRET_ARN`` names (read once per process), or the embedded server's
+    ``tokenpool_app`` (the server started if it is not running)."""
     if settings.database_url is not None:
+        if settings.database_url_secret_arn:
+            raise ValueError("TOKENPOOL_DATABASE_URL and TOKENPOOL_DATABASE_URL_SECRET_ARN are both set: "
+                             "set one (which database was meant cannot be guessed)")
         return settings.database_url.get_secret_value()
+    if settings.database_url_secret_arn:
+        return _secret_database_url(settings.database_url_secret_arn, settings.secrets_endpoint_url,
+                                    settings.secrets_timeout_s)
     if settings.database_admin_url is not None:
         raise ValueError("TOKENPOOL_DATABASE_ADMIN_URL is set but not TOKENPOOL_DATABASE_URL (the app role's URL)")
     return start_embedded(settings.home).app_url
 
 
+@lru_cache(maxsize=4)
+def _secret_database_url(secret_arn: str, endpoint_url: str | None, timeout_s: float) -> str:
+    # Once per process: a Lambda container reads it at its cold start, a service at start. A rotated
+    # password reaches a process when it restarts (a new Lambda container, a new task).
+    url = read_database_url(secret_arn, endpoint_url=endpoint_url, timeout_s=timeout_s)
+    log.info("db.url_from_secret", secret=secret_arn)
+    return url
+
+
 def app_role(settings: Settings) -> str:
     """The role the grants go to; on the embedded server always its own app role."""
-    return settings.database_app_role if settings.database_url is not None else APP_ROLE
+    external = uses_external_database(settings) or settings.database_admin_url is not None
+    return settings.database_app_role if external else APP_ROLE
 
 
 def admin_database_url(settings: Settings) -> str:
@@ -52,11 +76,11 @@ def admin_database_url(settings: Settings) -> str:
     warning); unset both: the embedded server's ``tokenpool_owner``."""
     if settings.database_admin_url is not None:
         return settings.database_admin_url.get_secret_value()
-    if settings.database_url is not None:
+    if uses_external_database(settings):
         log.warning("db.one_role", reason="TOKENPOOL_DATABASE_ADMIN_URL is unset: the schema is managed with "
                     "TOKENPOOL_DATABASE_URL, whose role then owns it; the app role should own nothing "
                     "(docs/security.md, Roles and grants)")
-        return settings.database_url.get_secret_value()
+        return database_url(settings)
     return start_embedded(settings.home).owner_url
 
 

@@ -25,6 +25,15 @@ class Settings(BaseSettings):
         default=None,
         description="PostgreSQL URL of the owner role (migrations, grants, `db prune`); unset = database_url.",
     )
+    database_url_secret_arn: str | None = Field(
+        default=None,
+        description="Secrets Manager secret holding database_url as plain text, read once at start (the refill "
+        "Lambda: its environment then holds no password); not together with database_url.",
+    )
+    secrets_endpoint_url: str | None = Field(default=None, description="Secrets Manager endpoint (tests: moto).")
+    secrets_timeout_s: float = Field(
+        default=5.0, gt=0, description="Bound on reading the secret: two attempts of half this each."
+    )
     database_app_role: str = Field(
         default="tokenpool_app", min_length=1, max_length=63,
         description="The role `db upgrade` grants the service's privileges to (the role of database_url).",

@@ -116,12 +116,13 @@ def run_system(settings: Settings, *, host: str, port: int, console: Console) ->
     home = settings.home.resolve()
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    embedded = settings.database_url is None
+    embedded = not bootstrap.uses_external_database(settings)
 
     url = bootstrap.database_url(settings)
     for migration in bootstrap.upgrade_database(settings):
         console.print(f"applied migration {migration.version:04d}_{migration.name}")
     env = {**os.environ, "TOKENPOOL_DATABASE_URL": url, "TOKENPOOL_HOME": str(home)}
+    env.pop("TOKENPOOL_DATABASE_URL_SECRET_ARN", None)  # the children get the URL read from it
     supervisor = Supervisor(env, console)
 
     def on_sigterm(_signum: int, _frame: object) -> None:
