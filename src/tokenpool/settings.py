@@ -145,6 +145,11 @@ class Settings(BaseSettings):
         default=20.0, gt=0, description="On SIGTERM, time for the batches in flight to finish."
     )
     emf_namespace: str = Field(default="tokenpool", description="CloudWatch namespace of the EMF metrics.")
+    emf_interval_s: float = Field(
+        default=0.0, ge=0,
+        description="The API and the worker print their key figures as CloudWatch EMF lines on stdout this "
+        "often (60 on AWS: CloudWatch's standard resolution); 0: never (the Lambda always prints its own).",
+    )
 
     # --- Service ----------------------------------------------------------------------------------
     pool_traffic_percent: int = Field(

@@ -1,9 +1,6 @@
 """The Lambda handler, invoked as Lambda would: an EventBridge scheduled event and a context object.
 
-Its EMF lines are validated against a JSON Schema of the Embedded Metric Format specification
-(https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/CloudWatch_Embedded_Metric_Format_Specification.html)
-plus the two rules a schema cannot state: every dimension and every metric named in the directive is
-a member of the root object (dimensions strings, metrics numbers).
+Its EMF lines are validated against the Embedded Metric Format specification (tests/emf.py).
 """
 
 from __future__ import annotations
@@ -15,14 +12,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import boto3
 import jsonschema
 import psycopg
 import pytest
 import structlog
 from prometheus_client import REGISTRY
 
+from tests.emf import emf_lines, validate_emf
 from tests.fixtures.tome import FAST_TOME_SETTINGS
 from tests.integration.refill_support import pool_tokens, refill_settings
+from tokenpool import bootstrap
 from tokenpool.db.queries import sql
 from tokenpool.entrypoints import lambda_refill
 from tokenpool.settings import get_settings
@@ -39,73 +39,6 @@ SCHEDULED_EVENT: dict[str, Any] = {
     "resources": ["arn:aws:events:us-east-1:123456789012:rule/my-scheduled-rule"],
     "detail": {},
 }
-
-CLOUDWATCH_UNITS = [
-    "Seconds", "Microseconds", "Milliseconds", "Bytes", "Kilobytes", "Megabytes", "Gigabytes", "Terabytes",
-    "Bits", "Kilobits", "Megabits", "Gigabits", "Terabits", "Percent", "Count", "Bytes/Second",
-    "Kilobytes/Second", "Megabytes/Second", "Gigabytes/Second", "Terabytes/Second", "Bits/Second",
-    "Kilobits/Second", "Megabits/Second", "Gigabits/Second", "Terabits/Second", "Count/Second", "None",
-]
-
-# The "_aws" envelope of the EMF specification.
-EMF_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["_aws"],
-    "properties": {
-        "_aws": {
-            "type": "object",
-            "required": ["Timestamp", "CloudWatchMetrics"],
-            "properties": {
-                "Timestamp": {"type": "integer", "minimum": 0},
-                "CloudWatchMetrics": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["Namespace", "Dimensions", "Metrics"],
-                        "properties": {
-                            "Namespace": {"type": "string", "minLength": 1, "maxLength": 1024},
-                            "Dimensions": {
-                                "type": "array",
-                                "items": {
-                                    "type": "array",
-                                    "items": {"type": "string", "minLength": 1, "maxLength": 250},
-                                    "maxItems": 30,
-                                },
-                            },
-                            "Metrics": {
-                                "type": "array",
-                                "maxItems": 100,
-                                "items": {
-                                    "type": "object",
-                                    "required": ["Name"],
-                                    "properties": {
-                                        "Name": {"type": "string", "minLength": 1, "maxLength": 1024},
-                                        "Unit": {"enum": CLOUDWATCH_UNITS},
-                                        "StorageResolution": {"enum": [1, 60]},
-                                    },
-                                },
-                            },
-                        },
-                    },
-                },
-            },
-        }
-    },
-}
-
-
-def validate_emf(document: dict[str, Any]) -> None:
-    jsonschema.validate(document, EMF_SCHEMA)
-    for directive in document["_aws"]["CloudWatchMetrics"]:
-        for dimension_set in directive["Dimensions"]:
-            for name in dimension_set:
-                assert isinstance(document.get(name), str), f"dimension {name} is not a string member"
-        for metric in directive["Metrics"]:
-            value = document.get(metric["Name"])
-            values = value if isinstance(value, list) else [value]
-            assert values, f"metric {metric['Name']} is not a root member"
-            assert all(isinstance(v, int | float) for v in values), f"metric {metric['Name']} is not a number"
-
 
 @dataclass
 class LambdaContext:
@@ -144,10 +77,6 @@ def lambda_env(settings, tome, monkeypatch) -> Iterator[Any]:
     get_settings.cache_clear()
 
 
-def _emf_lines(stdout: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{") and '"_aws"' in line]
-
-
 def test_a_scheduled_event_refills_and_returns_a_json_summary_with_emf_metrics_on_stdout(
     lambda_env, database_url, tome, capsys
 ):
@@ -157,7 +86,7 @@ def test_a_scheduled_event_refills_and_returns_a_json_summary_with_emf_metrics_o
     assert json.loads(json.dumps(result)) == result  # JSON-serialisable as Lambda returns it
     assert (result["outcome"], result["added"], result["pool"]) == ("succeeded", 30, "default")
     assert sorted(pool_tokens(database_url, "default")) == sorted(tome.issued(lambda_env.tome_ns1))
-    documents = _emf_lines(out)
+    documents = emf_lines(out)
     assert documents, "no EMF line on stdout"
     for document in documents:
         validate_emf(document)
@@ -228,3 +157,22 @@ def test_an_invocation_also_quarantines_lapsed_reservations_and_alerts_when_it_c
         statuses = dict(conn.execute("SELECT status, count(*) FROM token_pool GROUP BY status").fetchall())
     assert statuses == {"EXPIRED": 2, "RESERVED": 28}
     assert REGISTRY.get_sample_value("tokenpool_pool_leases_expired_total") == expired_before + 2
+
+
+def test_a_cold_start_reads_the_database_url_from_secrets_manager(lambda_env, database_url, moto_server,
+                                                                  monkeypatch, capsys):
+    # As the template deploys it: the function's environment names the secret, never the URL.
+    secrets = boto3.client("secretsmanager", endpoint_url=moto_server, region_name="us-east-1")
+    arn = secrets.create_secret(Name=f"tokenpool/{uuid.uuid4().hex}", SecretString=database_url)["ARN"]
+    monkeypatch.delenv("TOKENPOOL_DATABASE_URL")
+    monkeypatch.setenv("TOKENPOOL_DATABASE_URL_SECRET_ARN", arn)
+    monkeypatch.setenv("TOKENPOOL_SECRETS_ENDPOINT_URL", moto_server)
+    get_settings.cache_clear()
+    bootstrap._secret_database_url.cache_clear()
+    try:
+        result = lambda_refill.handler(SCHEDULED_EVENT, LambdaContext())
+    finally:
+        bootstrap._secret_database_url.cache_clear()
+    capsys.readouterr()
+    assert (result["outcome"], result["added"]) == ("succeeded", 30)
+    assert len(pool_tokens(database_url, "default")) == 30

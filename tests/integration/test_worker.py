@@ -15,6 +15,7 @@ import uuid
 import httpx
 import psycopg
 
+from tests.emf import emf_lines, metric_values, validate_emf
 from tests.factories import make_pairs
 from tests.fixtures.tome import free_port
 from tests.integration.refill_support import cli, env_for, journal_leftovers, refill_deps, refill_settings
@@ -124,10 +125,13 @@ def test_the_worker_process_serves_metrics_and_stops_cleanly_on_sigterm_mid_refi
     tome.set_faults(latency_ms=150)
     port = free_port()
     config = refill_settings(settings, tome, refill_target=200, refill_tome_max_in_flight=2, worker_poll_s=0.2,
-                             worker_metrics_port=port, worker_stop_grace_s=10.0, refill_lease_ttl_s=10.0)
-    process = subprocess.Popen(cli("worker"), env=env_for(config), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             worker_metrics_port=port, worker_stop_grace_s=10.0, refill_lease_ttl_s=10.0,
+                             emf_interval_s=0.3)
+    process = subprocess.Popen(cli("worker"), env=env_for(config), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     lines: queue.Queue[str] = queue.Queue()
+    stdout: queue.Queue[str] = queue.Queue()
     threading.Thread(target=_read, args=(process.stderr, lines), daemon=True).start()
+    threading.Thread(target=_read, args=(process.stdout, stdout), daemon=True).start()
     try:
         deadline = time.monotonic() + 30
         while True:  # wait until the first refill has loaded a batch: it is mid-run now
@@ -156,3 +160,11 @@ def test_the_worker_process_serves_metrics_and_stops_cleanly_on_sigterm_mid_refi
     assert 0 < runs[0][1] < 200
     assert leases == (0,)  # handed back, not left to lapse
     assert journal_leftovers(database_url, POOL) == (0, 0)  # the batches in flight were finished
+    # TOKENPOOL_EMF_INTERVAL_S: the pool's level and the run, also as EMF lines (the last printed after the stop).
+    time.sleep(0.2)  # the reader thread drains what the process printed last
+    documents = emf_lines("".join(stdout.get_nowait() for _ in range(stdout.qsize())))
+    for document in documents:
+        validate_emf(document)
+    assert metric_values(documents, "tokenpool_pool_pairs", pool=POOL, status="available")
+    assert sum(metric_values(documents, "tokenpool_refill_runs", pool=POOL, outcome="stopped")) == 1
+    assert sum(metric_values(documents, "tokenpool_refill_pairs_added", pool=POOL)) == runs[0][1]

@@ -9,6 +9,7 @@ import signal
 from prometheus_client import start_http_server
 
 from tokenpool import bootstrap
+from tokenpool.aws.emf_reporter import WORKER_FIGURES, emf_reporting
 from tokenpool.monitoring.alerts import Alerter
 from tokenpool.observability.logging import get_logger
 from tokenpool.refill.worker import RefillWorker
@@ -34,7 +35,8 @@ async def _serve(settings: Settings, pools: list[str]) -> None:
         loop.add_signal_handler(sig, _on_signal, stop, sig)
     alerter = Alerter(settings)
     try:
-        async with bootstrap.open_refill(settings) as deps:
+        async with (emf_reporting(settings, WORKER_FIGURES, process="worker"),
+                    bootstrap.open_refill(settings) as deps):
             worker = RefillWorker(deps, pools, alerter=alerter, stop=stop)
             running = asyncio.create_task(worker.run(), name="refill-worker")
             stopping = asyncio.create_task(stop.wait())

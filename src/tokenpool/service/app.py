@@ -14,6 +14,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from tokenpool.aws.emf_reporter import SERVICE_FIGURES, emf_reporting
 from tokenpool.cards.errors import CardError, IdempotencyKeyInUse, IdempotencyKeyReused, TemporarilyUnavailable
 from tokenpool.db.database import Database
 from tokenpool.db.errors import DatabaseError, DatabaseUnavailable, InvalidValue
@@ -53,7 +54,7 @@ def create_app(settings: Settings, *, database_url: str, tome_factory: TomeFacto
         try:
             provider = key_provider or key_provider_from_settings(settings)
             vault = Vault.unloaded(VaultStore(db, provider), refresh_s=settings.vault_refresh_s)
-            async with tome_factory() as tome:
+            async with tome_factory() as tome, emf_reporting(settings, SERVICE_FIGURES, process="api"):
                 app.state.components = build_components(settings, db, vault, tome)
                 yield
         finally:
