@@ -1,10 +1,10 @@
 """The operator kit names only what the code really emits and really offers.
 
 deploy/prometheus/alerts.yml and deploy/grafana/tokenpool-dashboard.json against the Prometheus registry
-(metric names, label names, label values), deploy/cloudwatch/alarms.yml against the Lambda's EMF
-documents, and docs/runbook.md against the alerts that link to it, the CLI it tells operators to run and
-the tables its SQL reads. A renamed metric, label, route, command or table fails here, not during an
-incident.
+(metric names, label names, label values), the CloudWatch alarms of deploy/aws/template.yaml against the
+EMF documents of the Lambda and the worker, and docs/runbook.md against the alerts that link to it, the
+CLI it tells operators to run and the tables its SQL reads. A renamed metric, label, route, command or
+table fails here, not during an incident.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from prometheus_client.metrics import MetricWrapperBase
 import tokenpool.monitoring.alerts as alerts_module
 import tokenpool.observability.metrics as metrics_module
 import tokenpool.tome.client as tome_client_module
+from tests.cloudformation import TEMPLATE, expanded_resources, resources_of_type, template
+from tokenpool.aws.emf_reporter import WORKER_FIGURES
 from tokenpool.cards.model import TokenSource
 from tokenpool.entrypoints.cli import app as cli_app
 from tokenpool.pool.model import PairStatus
@@ -42,7 +44,6 @@ from tokenpool.tome.resilience import BreakerState
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "deploy/prometheus/alerts.yml"
 DASHBOARD = ROOT / "deploy/grafana/tokenpool-dashboard.json"
-CLOUDWATCH = ROOT / "deploy/cloudwatch/alarms.yml"
 RUNBOOK = ROOT / "docs/runbook.md"
 MIGRATIONS = ROOT / "src/tokenpool/db/migrations"
 
@@ -166,32 +167,13 @@ def family_of(sample_name: str) -> str:
     return exposed_sample_names().get(sample_name, sample_name)
 
 
-class CloudFormationLoader(yaml.SafeLoader):
-    """Reads CloudFormation's short-form intrinsics (``!Ref X``, ``!Sub "..."``) as their long form."""
-
-
-def _intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
-    key = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
-    if isinstance(node, yaml.ScalarNode):
-        return {key: loader.construct_scalar(node)}
-    if isinstance(node, yaml.SequenceNode):
-        return {key: loader.construct_sequence(node, deep=True)}
-    assert isinstance(node, yaml.MappingNode)
-    return {key: loader.construct_mapping(node, deep=True)}
-
-
-CloudFormationLoader.add_multi_constructor("!", _intrinsic)
-
-
-@cache
-def cloudformation() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.load(CLOUDWATCH.read_text(), Loader=CloudFormationLoader)
-    return loaded
+PROGRAMS = ["default", "gold-card"]
 
 
 def alarms() -> dict[str, dict[str, Any]]:
-    return {name: resource["Properties"] for name, resource in cloudformation()["Resources"].items()
-            if resource["Type"] == "AWS::CloudWatch::Alarm"}
+    resources = expanded_resources({"Programs": PROGRAMS})
+    found = resources_of_type(resources, "AWS::CloudWatch::Alarm")
+    return {name: resource["Properties"] for name, resource in found.items()}
 
 
 def github_anchor(heading: str) -> str:
@@ -322,11 +304,12 @@ def test_the_dashboard_shows_what_operators_asked_for():
     assert {"0.5", "0.95", "0.99"} <= quantiles
 
 
-# --- CloudWatch: the Lambda's EMF metrics -------------------------------------------------------------
+# --- CloudWatch: the EMF metrics of the Lambda and the worker ------------------------------------------
 
 @cache
 def emitted_dimension_sets() -> dict[str, set[frozenset[str]]]:
-    """Metric name -> the dimension sets the Lambda publishes it with (EMF: one set per document)."""
+    """Metric name -> the dimension sets it is published with (EMF: one set per document): the Lambda's
+    documents, and the worker's figures (a family's label names are its dimensions)."""
     plan = RefillPlan(available=40, configured_target=100, forecast=0, consumption_per_hour=None, count=60,
                       target=100)
     result = RefillResult(run_id=uuid.uuid4(), pool="p", outcome=Outcome.SUCCEEDED, plan=plan)
@@ -335,30 +318,32 @@ def emitted_dimension_sets() -> dict[str, set[frozenset[str]]]:
     for document in emf_documents(result, counts):
         for metric in document.metrics:
             emitted.setdefault(metric.name, set()).add(frozenset(document.dimensions))
+    for figure in WORKER_FIGURES:
+        emitted.setdefault(figure.family, set()).add(family_label_names()[figure.family])
     return emitted
 
 
-def test_the_alarm_template_has_an_sns_topic_parameter_and_the_emf_namespace_default():
-    parameters = cloudformation()["Parameters"]
-    assert parameters["AlertsTopicArn"]["Type"] == "String"
-    assert parameters["MetricsNamespace"]["Default"] == Settings.model_fields["emf_namespace"].default
+def test_the_alarms_go_to_the_alerts_topic_and_read_the_emf_namespace():
+    assert template()["Parameters"]["MetricsNamespace"]["Default"] == Settings.model_fields["emf_namespace"].default
+    assert template()["Resources"]["AlertsTopic"]["Type"] == "AWS::SNS::Topic"
     for name, alarm in alarms().items():
-        assert {"Ref": "AlertsTopicArn"} in alarm["AlarmActions"], name
+        assert {"Ref": "AlertsTopic"} in alarm["AlarmActions"], name
         assert alarm["TreatMissingData"] in {"breaching", "notBreaching"}, name
 
 
-def test_every_tokenpool_alarm_reads_a_metric_the_lambda_emits_with_exactly_its_dimensions():
-    ours = {name: alarm for name, alarm in alarms().items() if alarm["Namespace"] == {"Ref": "MetricsNamespace"}}
-    assert len(ours) >= 3
+def test_every_tokenpool_alarm_reads_a_metric_emitted_with_exactly_its_dimensions():
+    ours = {name: alarm for name, alarm in alarms().items() if alarm.get("Namespace") == {"Ref": "MetricsNamespace"}}
+    assert len(ours) >= 6 * len(PROGRAMS)
     values = {"status": {status.value.lower() for status in PairStatus}, "outcome": {o.value for o in Outcome}}
     for name, alarm in ours.items():
         metric = alarm["MetricName"]
-        assert metric in emitted_dimension_sets(), f"{name}: the Lambda never emits {metric}"
+        assert metric in emitted_dimension_sets(), f"{name}: neither the Lambda nor the worker emits {metric}"
         dimensions = {dimension["Name"]: dimension["Value"] for dimension in alarm["Dimensions"]}
         # CloudWatch matches the exact dimension set: one dimension more or less finds no datapoint.
         assert frozenset(dimensions) in emitted_dimension_sets()[metric], (
             f"{name}: {metric} is published with {emitted_dimension_sets()[metric]}, not {set(dimensions)}"
         )
+        assert dimensions["pool"] in PROGRAMS, f"{name}: watches {dimensions['pool']!r}, not its program"
         for dimension, value in dimensions.items():
             if isinstance(value, str) and dimension in values:
                 assert value in values[dimension], f"{name}: {dimension}={value!r} is never emitted"
@@ -366,9 +351,9 @@ def test_every_tokenpool_alarm_reads_a_metric_the_lambda_emits_with_exactly_its_
 
 def test_the_alarms_watch_a_low_pool_a_failed_refill_a_missing_refill_and_lambda_errors():
     watched = {
-        (alarm["MetricName"], value, alarm["TreatMissingData"])
+        (alarm.get("MetricName"), value, alarm["TreatMissingData"])
         for alarm in alarms().values()
-        for value in [d["Value"] for d in alarm["Dimensions"] if isinstance(d["Value"], str)] or [None]
+        for value in [d["Value"] for d in alarm.get("Dimensions", []) if isinstance(d["Value"], str)] or [None]
     }
     assert ("tokenpool_pool_pairs", "available", "breaching") in watched
     assert ("tokenpool_refill_runs", "failed", "notBreaching") in watched
@@ -381,7 +366,7 @@ def test_the_alarms_watch_a_low_pool_a_failed_refill_a_missing_refill_and_lambda
 def test_every_runbook_link_in_the_kit_and_the_runbook_points_at_a_heading():
     anchors = runbook_anchors()
     links = {url.split("#", 1)[1] for url in (rule["annotations"]["runbook_url"] for rule in alert_rules())}
-    for source in (CLOUDWATCH, DASHBOARD):
+    for source in (TEMPLATE, DASHBOARD):
         links |= set(re.findall(r"docs/runbook\.md#([\w-]+)", source.read_text()))
     links |= set(re.findall(r"\]\(#([\w-]+)\)", RUNBOOK.read_text()))
     assert len(links) >= 10
