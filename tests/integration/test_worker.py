@@ -131,7 +131,8 @@ def test_the_worker_process_serves_metrics_and_stops_cleanly_on_sigterm_mid_refi
     lines: queue.Queue[str] = queue.Queue()
     stdout: queue.Queue[str] = queue.Queue()
     threading.Thread(target=_read, args=(process.stderr, lines), daemon=True).start()
-    threading.Thread(target=_read, args=(process.stdout, stdout), daemon=True).start()
+    stdout_reader = threading.Thread(target=_read, args=(process.stdout, stdout), daemon=True)
+    stdout_reader.start()
     try:
         deadline = time.monotonic() + 30
         while True:  # wait until the first refill has loaded a batch: it is mid-run now
@@ -161,7 +162,7 @@ def test_the_worker_process_serves_metrics_and_stops_cleanly_on_sigterm_mid_refi
     assert leases == (0,)  # handed back, not left to lapse
     assert journal_leftovers(database_url, POOL) == (0, 0)  # the batches in flight were finished
     # TOKENPOOL_EMF_INTERVAL_S: the pool's level and the run, also as EMF lines (the last printed after the stop).
-    time.sleep(0.2)  # the reader thread drains what the process printed last
+    stdout_reader.join(timeout=5)  # it ends at the exited process's end of file: every line is read
     documents = emf_lines("".join(stdout.get_nowait() for _ in range(stdout.qsize())))
     for document in documents:
         validate_emf(document)
