@@ -125,13 +125,44 @@ def pool_seed(
 
 @app.command("run")
 def run(
-    host: Annotated[str, typer.Option(help="Address the API listens on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port of the API.")] = 8000,
+    host: Annotated[
+        str, typer.Option(help="Address the API listens on (127.0.0.1: this machine only; 0.0.0.0: every interface).")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int | None,
+        typer.Option(help="Port of the API; taken: exit 2 before anything starts. Default: 8000, or a free port "
+                     "when 8000 is taken.", show_default=False),
+    ] = None,
 ) -> None:
-    """Run the whole system: PostgreSQL, migrations, TOME emulator, refill, worker and the API."""
+    """Run the whole system on this machine until Ctrl-C, each part its own process.
+
+    Needs nothing configured. Starts, in order:
+      PostgreSQL  embedded, data in TOKENPOOL_HOME/pgdata, Unix socket only;
+                  or the one of TOKENPOOL_DATABASE_URL (app role) and
+                  TOKENPOOL_DATABASE_ADMIN_URL (owner role)
+      migrations  `tokenpool db upgrade`, as the owner role
+      TOME        the emulator on a free 127.0.0.1 port, requiring a random
+                  bearer token (0600 file in TOKENPOOL_HOME/secrets);
+                  or the TOME of TOKENPOOL_TOME_URL
+      refill      one run, up to TOKENPOOL_REFILL_TARGET pairs
+      worker      metrics on TOKENPOOL_WORKER_METRICS_HOST (127.0.0.1), port
+                  TOKENPOOL_WORKER_METRICS_PORT if set, else a free one
+      API         `tokenpool serve` on --host / --port
+    Keys: the vault's key file TOKENPOOL_VAULT_LOCAL_KEY_FILE (default
+    TOKENPOOL_HOME/vault/kek.json, made on first use); prints a demo API key
+    with every scope, revoked when run stops. Logs: TOKENPOOL_HOME/logs.
+
+    Ctrl-C or SIGTERM stops the parts, newest first, then the embedded
+    PostgreSQL. One run per TOKENPOOL_HOME (a lock); give each its own.
+
+    Exit: 0 stopped by Ctrl-C or SIGTERM; 1 a part failed or died;
+    2 a port you chose is taken; 3 another run holds TOKENPOOL_HOME
+    (2 and 3: nothing was started).
+    """
     from tokenpool.entrypoints.run import run_system
 
-    raise typer.Exit(run_system(get_settings(), host=host, port=port, console=console))
+    settings = get_settings()
+    raise typer.Exit(run_system(settings, host=host, port=port, console=console, explicit=settings.model_fields_set))
 
 
 async def _stats(settings: Settings, pool: str) -> PoolStats:
