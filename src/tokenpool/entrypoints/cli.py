@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated
 
 import typer
@@ -16,11 +17,13 @@ from tokenpool import bootstrap
 from tokenpool.db import migrate, retention
 from tokenpool.db.database import Database
 from tokenpool.db.embedded import stop_embedded
-from tokenpool.entrypoints import cli_audit, cli_keys, cli_refill, cli_service, tome_emulator_cli
+from tokenpool.db.errors import DatabaseUnavailable
+from tokenpool.entrypoints import cli_audit, cli_help, cli_keys, cli_refill, cli_service, tome_emulator_cli
 from tokenpool.pool import PoolStats
 from tokenpool.pool.synthetic import synthetic_pairs
 from tokenpool.settings import Settings, get_settings
 
+cli_help.hide_flag_types()
 app = typer.Typer(help="tokenpool: prefetched TOME token pairs served from PostgreSQL.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema and the embedded server.", no_args_is_help=True)
 pool_app = typer.Typer(help="Inspect and load token pools.", no_args_is_help=True)
@@ -40,6 +43,33 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.
 
 SEED_CHUNK = 100_000
 
+EXIT_MIGRATIONS_PENDING = 1
+EXIT_MIGRATION_CHANGED = 3
+EXIT_DATABASE_UNREACHABLE = 4
+
+
+def _package_version() -> str:
+    try:
+        return version("tokenpool")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"tokenpool {_package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    _version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """tokenpool: prefetched TOME token pairs served from PostgreSQL."""
+
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
@@ -53,8 +83,18 @@ def db_upgrade() -> None:
 
 @db_app.command("status")
 def db_status() -> None:
-    """List migrations and whether each is applied."""
-    rows = migrate.status(bootstrap.admin_database_url(get_settings()))
+    """List migrations and whether each is applied (as the owner role): a deploy gate.
+
+    Exit: 0 up to date; 1 a migration is pending (run `tokenpool db upgrade`);
+    3 an applied migration's file changed since it was applied (checksum
+    mismatch: `db upgrade` does not fix it; wins over 1); 4 the database
+    could not be reached.
+    """
+    try:
+        rows = migrate.status(bootstrap.admin_database_url(get_settings()))
+    except DatabaseUnavailable as exc:
+        err_console.print(f"[red]error:[/] the database could not be reached: {exc}", soft_wrap=True)
+        raise typer.Exit(EXIT_DATABASE_UNREACHABLE) from None
     table = Table("version", "name", "applied at", "checksum")
     for row in rows:
         table.add_row(
@@ -64,8 +104,10 @@ def db_status() -> None:
             "ok" if row.checksum_matches else "[red]changed since applied[/]",
         )
     console.print(table)
+    if any(row.applied and not row.checksum_matches for row in rows):
+        raise typer.Exit(EXIT_MIGRATION_CHANGED)
     if any(not row.applied for row in rows):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_MIGRATIONS_PENDING)
 
 
 @db_app.command("stop")
