@@ -141,6 +141,11 @@ class Settings(BaseSettings):
     worker_poll_s: float = Field(default=15.0, gt=0, description="Watermark and health poll interval.")
     worker_janitor_interval_s: float = Field(default=15.0, gt=0, description="How often lapsed leases expire.")
     worker_metrics_port: int = Field(default=9108, ge=0, le=65_535, description="Prometheus port; 0: none.")
+    worker_metrics_host: str = Field(
+        default="127.0.0.1", min_length=1,
+        description="Address the worker's Prometheus port listens on: loopback unless set (it needs no key); "
+        "0.0.0.0 for a scraper on another machine, behind a firewall.",
+    )
     worker_stop_grace_s: float = Field(
         default=20.0, gt=0, description="On SIGTERM, time for the batches in flight to finish."
     )

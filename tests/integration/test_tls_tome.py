@@ -139,13 +139,12 @@ async def test_a_client_trusting_another_ca_refuses_the_server(
     assert "certificate verify failed" in str(failure.value)
 
 
-def test_every_route_but_health_needs_the_token(secure_tome: TomeEmulator, pki: Pki) -> None:
+def test_every_route_needs_the_token(secure_tome: TomeEmulator, pki: Pki) -> None:
     context = ssl.create_default_context(cafile=pki.ca)
     context.load_cert_chain(pki.client.cert, pki.client.key)
     with httpx.Client(base_url=secure_tome.url, verify=context, timeout=5) as anonymous:
-        assert anonymous.get("/_admin/health").status_code == 200
-        for method, path in [("GET", "/_admin/stats"), ("PUT", "/_admin/faults"), ("GET", "/openapi.json"),
-                             ("POST", "/v1/namespaces/NS1/tokens:issue")]:  # fmt: skip
+        for method, path in [("GET", "/_admin/health"), ("GET", "/_admin/stats"), ("PUT", "/_admin/faults"),
+                             ("GET", "/openapi.json"), ("POST", "/v1/namespaces/NS1/tokens:issue")]:  # fmt: skip
             response = anonymous.request(method, path, json={}, headers={"Authorization": "Bearer nope"})
             assert response.status_code == 401, path
             assert response.headers["content-type"] == "application/problem+json"
@@ -167,9 +166,24 @@ def test_a_token_file_others_may_read_is_refused_without_showing_the_token(tmp_p
 def test_tls_settings_are_refused_with_a_plain_http_url(pki: Pki, tmp_path: Path) -> None:
     token_file = write_token(tmp_path / "token", "t0ken")
     with pytest.raises(ValueError, match=r"TOKENPOOL_TOME_BEARER_TOKEN_FILE set but the TOME URL .* is not https"):
-        TomeClient(Settings(tome_url="http://127.0.0.1:1", tome_bearer_token_file=token_file))
+        TomeClient(Settings(tome_url="http://tome.example:1", tome_bearer_token_file=token_file))
+    with pytest.raises(ValueError, match=r"TOKENPOOL_TOME_BEARER_TOKEN_FILE set but the TOME URL .* is not https"):
+        TomeClient(Settings(tome_url="http://localhost:1", tome_bearer_token_file=token_file))  # a name, not loopback
+    with pytest.raises(ValueError, match=r"TOKENPOOL_TOME_CA_BUNDLE set but the TOME URL .* is not https"):
+        TomeClient(Settings(tome_url="http://127.0.0.1:1", tome_ca_bundle=pki.ca))  # TLS settings: never over http
     with pytest.raises(ValueError, match="CLIENT_CERT and TOKENPOOL_TOME_CLIENT_KEY, or neither"):
         TomeClient(Settings(tome_url="https://127.0.0.1:1", tome_client_cert=pki.client.cert))
+
+
+async def test_a_token_may_go_in_clear_to_a_loopback_address_only(tmp_path: Path) -> None:
+    token = secrets.token_urlsafe(32)
+    token_file = write_token(tmp_path / "token", token)
+    for url in ("http://127.0.0.1:1", "http://127.3.4.5:1", "http://[::1]:1"):
+        client = TomeClient(Settings(tome_url=url, tome_bearer_token_file=token_file))
+        try:
+            assert client._http.headers["Authorization"] == f"Bearer {token}"
+        finally:
+            await client.aclose()
 
 
 def test_the_emulator_refuses_a_certificate_without_its_key(pki: Pki, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import json
 import queue
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -17,6 +18,7 @@ import psycopg
 
 from tests.emf import emf_lines, metric_values, validate_emf
 from tests.factories import make_pairs
+from tests.fixtures.network import accepts_connections, require_non_loopback_ipv4
 from tests.fixtures.tome import free_port
 from tests.integration.refill_support import cli, env_for, journal_leftovers, refill_deps, refill_settings
 from tokenpool.pool.model import PairStatus
@@ -169,3 +171,60 @@ def test_the_worker_process_serves_metrics_and_stops_cleanly_on_sigterm_mid_refi
     assert metric_values(documents, "tokenpool_pool_pairs", pool=POOL, status="available")
     assert sum(metric_values(documents, "tokenpool_refill_runs", pool=POOL, outcome="stopped")) == 1
     assert sum(metric_values(documents, "tokenpool_refill_pairs_added", pool=POOL)) == runs[0][1]
+
+
+def _serve_metrics(config, host: str, port: int) -> subprocess.Popen[bytes]:
+    """A worker process whose metrics answer on ``host:port`` (waited for)."""
+    process = subprocess.Popen(cli("worker"), env=env_for(config), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not accepts_connections(host, port, timeout_s=0.5):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"worker metrics not up: {process.communicate(timeout=10)[1].decode()[-2000:]}")
+        time.sleep(0.1)
+    return process
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_the_worker_metrics_listen_on_loopback_only_unless_the_host_setting_says_otherwise(settings, tome):
+    elsewhere = require_non_loopback_ipv4()
+    port = free_port()
+    default = refill_settings(settings, tome, worker_metrics_port=port, worker_poll_s=0.5)
+    assert default.worker_metrics_host == "127.0.0.1"
+    process = _serve_metrics(default, "127.0.0.1", port)
+    try:
+        assert "tokenpool_tome_requests_total" in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert not accepts_connections(elsewhere, port), f"the metrics answer on {elsewhere}"
+    finally:
+        _stop(process)
+
+    port = free_port()
+    told = refill_settings(settings, tome, worker_metrics_port=port, worker_poll_s=0.5, worker_metrics_host=elsewhere)
+    process = _serve_metrics(told, elsewhere, port)
+    try:
+        assert httpx.get(f"http://{elsewhere}:{port}/metrics", timeout=5).status_code == 200
+        assert not accepts_connections("127.0.0.1", port), "bound to the address it was given, not to every one"
+    finally:
+        _stop(process)
+
+
+def test_a_worker_whose_metrics_port_is_taken_says_so_and_exits_2(settings, tome):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = refill_settings(settings, tome, worker_metrics_port=port)
+        done = subprocess.run(cli("worker"), env=env_for(config), capture_output=True, timeout=60, check=False)
+    assert done.returncode == 2
+    events = [json.loads(line) for line in done.stderr.decode().splitlines() if line.startswith("{")]
+    assert next(e for e in events if e.get("event") == "worker.metrics_unavailable")["port"] == port
+    assert b"Traceback" not in done.stderr

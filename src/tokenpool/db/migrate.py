@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import psycopg
 
+from tokenpool.db.errors import DatabaseUnavailable
+
 if TYPE_CHECKING:
     from tokenpool.vault import Keyring
 
@@ -130,7 +132,13 @@ def upgrade(url: str, context: MigrationContext | None = None, *, target: int | 
 
 
 def status(url: str) -> list[MigrationStatus]:
-    with psycopg.connect(url, autocommit=True) as conn:
+    """Every known migration, applied or not; DatabaseUnavailable when the database cannot be reached."""
+    try:
+        conn = psycopg.connect(url, autocommit=True)
+    except psycopg.OperationalError as exc:
+        message = str(exc).strip()
+        raise DatabaseUnavailable(message.splitlines()[0] if message else type(exc).__name__) from None
+    with conn:
         conn.execute(_CREATE_LEDGER)
         applied = _applied(conn)
     result = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated
 
 import typer
@@ -16,11 +17,13 @@ from tokenpool import bootstrap
 from tokenpool.db import migrate, retention
 from tokenpool.db.database import Database
 from tokenpool.db.embedded import stop_embedded
-from tokenpool.entrypoints import cli_audit, cli_keys, cli_refill, cli_service, tome_emulator_cli
+from tokenpool.db.errors import DatabaseUnavailable
+from tokenpool.entrypoints import cli_audit, cli_help, cli_keys, cli_refill, cli_service, tome_emulator_cli
 from tokenpool.pool import PoolStats
 from tokenpool.pool.synthetic import synthetic_pairs
 from tokenpool.settings import Settings, get_settings
 
+cli_help.hide_flag_types()
 app = typer.Typer(help="tokenpool: prefetched TOME token pairs served from PostgreSQL.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema and the embedded server.", no_args_is_help=True)
 pool_app = typer.Typer(help="Inspect and load token pools.", no_args_is_help=True)
@@ -40,6 +43,33 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.
 
 SEED_CHUNK = 100_000
 
+EXIT_MIGRATIONS_PENDING = 1
+EXIT_MIGRATION_CHANGED = 3
+EXIT_DATABASE_UNREACHABLE = 4
+
+
+def _package_version() -> str:
+    try:
+        return version("tokenpool")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"tokenpool {_package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    _version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """tokenpool: prefetched TOME token pairs served from PostgreSQL."""
+
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
@@ -53,8 +83,18 @@ def db_upgrade() -> None:
 
 @db_app.command("status")
 def db_status() -> None:
-    """List migrations and whether each is applied."""
-    rows = migrate.status(bootstrap.admin_database_url(get_settings()))
+    """List migrations and whether each is applied (as the owner role): a deploy gate.
+
+    Exit: 0 up to date; 1 a migration is pending (run `tokenpool db upgrade`);
+    3 an applied migration's file changed since it was applied (checksum
+    mismatch: `db upgrade` does not fix it; wins over 1); 4 the database
+    could not be reached.
+    """
+    try:
+        rows = migrate.status(bootstrap.admin_database_url(get_settings()))
+    except DatabaseUnavailable as exc:
+        err_console.print(f"[red]error:[/] the database could not be reached: {exc}", soft_wrap=True)
+        raise typer.Exit(EXIT_DATABASE_UNREACHABLE) from None
     table = Table("version", "name", "applied at", "checksum")
     for row in rows:
         table.add_row(
@@ -64,8 +104,10 @@ def db_status() -> None:
             "ok" if row.checksum_matches else "[red]changed since applied[/]",
         )
     console.print(table)
+    if any(row.applied and not row.checksum_matches for row in rows):
+        raise typer.Exit(EXIT_MIGRATION_CHANGED)
     if any(not row.applied for row in rows):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_MIGRATIONS_PENDING)
 
 
 @db_app.command("stop")
@@ -125,13 +167,44 @@ def pool_seed(
 
 @app.command("run")
 def run(
-    host: Annotated[str, typer.Option(help="Address the API listens on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port of the API.")] = 8000,
+    host: Annotated[
+        str, typer.Option(help="Address the API listens on (127.0.0.1: this machine only; 0.0.0.0: every interface).")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int | None,
+        typer.Option(help="Port of the API; taken: exit 2 before anything starts. Default: 8000, or a free port "
+                     "when 8000 is taken.", show_default=False),
+    ] = None,
 ) -> None:
-    """Run the whole system: PostgreSQL, migrations, TOME emulator, refill, worker and the API."""
+    """Run the whole system on this machine until Ctrl-C, each part its own process.
+
+    Needs nothing configured. Starts, in order:
+      PostgreSQL  embedded, data in TOKENPOOL_HOME/pgdata, Unix socket only;
+                  or the one of TOKENPOOL_DATABASE_URL (app role) and
+                  TOKENPOOL_DATABASE_ADMIN_URL (owner role)
+      migrations  `tokenpool db upgrade`, as the owner role
+      TOME        the emulator on a free 127.0.0.1 port, requiring a random
+                  bearer token (0600 file in TOKENPOOL_HOME/secrets);
+                  or the TOME of TOKENPOOL_TOME_URL
+      refill      one run, up to TOKENPOOL_REFILL_TARGET pairs
+      worker      metrics on TOKENPOOL_WORKER_METRICS_HOST (127.0.0.1), port
+                  TOKENPOOL_WORKER_METRICS_PORT if set, else a free one
+      API         `tokenpool serve` on --host / --port
+    Keys: the vault's key file TOKENPOOL_VAULT_LOCAL_KEY_FILE (default
+    TOKENPOOL_HOME/vault/kek.json, made on first use); prints a demo API key
+    with every scope, revoked when run stops. Logs: TOKENPOOL_HOME/logs.
+
+    Ctrl-C or SIGTERM stops the parts, newest first, then the embedded
+    PostgreSQL. One run per TOKENPOOL_HOME (a lock); give each its own.
+
+    Exit: 0 stopped by Ctrl-C or SIGTERM; 1 a part failed or died;
+    2 a port you chose is taken; 3 another run holds TOKENPOOL_HOME
+    (2 and 3: nothing was started).
+    """
     from tokenpool.entrypoints.run import run_system
 
-    raise typer.Exit(run_system(get_settings(), host=host, port=port, console=console))
+    settings = get_settings()
+    raise typer.Exit(run_system(settings, host=host, port=port, console=console, explicit=settings.model_fields_set))
 
 
 async def _stats(settings: Settings, pool: str) -> PoolStats:

@@ -9,7 +9,7 @@ Exit codes (docs/refill.md):
   3 another run holds the pool's lease (its holder is printed) · 4 interrupted (stopped or lease
   lost; nothing half-done, the next run finishes the journaled batches);
 * ``health``: 0 OK · 1 LOW · 2 CRITICAL or EMPTY · 3 the health could not be checked;
-* ``worker``: 0 after a clean stop (SIGTERM or Ctrl-C).
+* ``worker``: 0 after a clean stop (SIGTERM or Ctrl-C) · 2 its metrics port is taken (nothing started).
 """
 
 from __future__ import annotations
@@ -150,11 +150,18 @@ def worker(
         list[str] | None, typer.Option("--pool", help="Pool to keep filled (repeatable); default: settings.")
     ] = None,
     metrics_port: Annotated[
-        int | None, typer.Option("--metrics-port", help="Prometheus port (0: none); default: settings.")
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            help="Prometheus port (0: none); default: TOKENPOOL_WORKER_METRICS_PORT (9108). It listens on "
+            "TOKENPOOL_WORKER_METRICS_HOST (127.0.0.1: this machine only; the metrics need no key).",
+        ),
     ] = None,
 ) -> None:
     """Long-running: scheduled and low-watermark refills, health alerts, the lease janitor, Prometheus
-    metrics. Stops cleanly on SIGTERM / Ctrl-C."""
+    metrics. Stops cleanly on SIGTERM / Ctrl-C.
+
+    Exit: 0 after a clean stop, 2 the metrics port is taken (nothing started)."""
     from tokenpool.entrypoints.worker import run_worker
 
     settings = get_settings()

@@ -47,7 +47,22 @@ def serve(
         Path | None, typer.Option("--ssl-keyfile", exists=True, dir_okay=False, help="Key of --ssl-certfile (PEM).")
     ] = None,
 ) -> None:
-    """Run the card and detokenize HTTP API (FastAPI on uvicorn); HTTPS with --ssl-certfile and --ssl-keyfile."""
+    """Run the card and detokenize HTTP API (FastAPI on uvicorn); HTTPS with --ssl-certfile and --ssl-keyfile.
+
+    Starts the API alone (no worker, no refill, no emulator: `tokenpool run`
+    starts everything). It needs:
+      database  TOKENPOOL_DATABASE_URL (the app role), migrated with
+                `tokenpool db upgrade`; unset: the embedded PostgreSQL under
+                TOKENPOOL_HOME (started if it is not running)
+      TOME      TOKENPOOL_TOME_URL (required: the fallback when a pool is
+                empty); TLS and token: TOKENPOOL_TOME_CA_BUNDLE,
+                TOKENPOOL_TOME_CLIENT_CERT/_KEY, TOKENPOOL_TOME_BEARER_TOKEN_FILE
+      keys      the vault's key (TOKENPOOL_VAULT_KEY_PROVIDER: the local key
+                file TOKENPOOL_VAULT_LOCAL_KEY_FILE, or AWS KMS); clients
+                need API keys: `tokenpool apikey create`
+    Listens on 127.0.0.1:8000 (this machine only) unless --host/--port.
+    /healthz and /readyz need no key; OpenAPI at /openapi.json.
+    """
     import uvicorn
 
     if (ssl_certfile is None) != (ssl_keyfile is None):

@@ -7,6 +7,10 @@ from typing import Annotated
 
 import typer
 
+# As tokenpool.tome.emulator.server.BEARER_TOKEN_FILE_ENV; not imported from there: that loads the whole
+# emulator (FastAPI, uvicorn) for every `tokenpool --help`.
+BEARER_TOKEN_FILE_ENV = "TOKENPOOL_TOME_EMULATOR_BEARER_TOKEN_FILE"  # noqa: S105 - a variable name
+
 
 def register(app: typer.Typer) -> None:
     """Add ``tome-emulator`` to ``app``."""
@@ -15,8 +19,10 @@ def register(app: typer.Typer) -> None:
 
 def tome_emulator(
     db: Annotated[Path, typer.Option("--db", help="SQLite vault file (created if missing, kept across runs).")],
-    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port")] = 8099,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on: this machine only unless you give another.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8099,
     latency_ms: Annotated[float, typer.Option("--latency-ms", min=0, help="Added to every call.")] = 0,
     jitter_ms: Annotated[float, typer.Option("--jitter-ms", min=0, help="Random extra latency 0..N ms.")] = 0,
     rate_limit_rps: Annotated[
@@ -40,12 +46,21 @@ def tome_emulator(
     ] = None,
     bearer_token_file: Annotated[
         Path | None,
-        typer.Option("--bearer-token-file", help="Require Authorization: Bearer <the token in this file>."),
+        typer.Option(
+            "--bearer-token-file",
+            envvar=BEARER_TOKEN_FILE_ENV,
+            help="Require Authorization: Bearer <the token in this file> on every path, /_admin/* included "
+            "(the file must be 0600).",
+        ),
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
 ) -> None:
     """Run the TOME emulator: the contract of docs/tome-api.md, fault injection, a ledger. Faults can be
-    changed at run time with PUT /_admin/faults."""
+    changed at run time with PUT /_admin/faults.
+
+    Listens on 127.0.0.1 unless --host says otherwise; the vault file is created owner-only (0600). With
+    --bearer-token-file (or TOKENPOOL_TOME_EMULATOR_BEARER_TOKEN_FILE) every call needs the token, else
+    401; `tokenpool run` starts it so."""
     # deferred: keeps `tokenpool --help` fast
     from tokenpool.tome.client import read_bearer_token
     from tokenpool.tome.emulator import Faults, ServerTls, serve

@@ -18,14 +18,27 @@ from tokenpool.settings import Settings
 log = get_logger(__name__)
 
 
+EXIT_METRICS_PORT_UNAVAILABLE = 2
+
+
 def run_worker(settings: Settings, pools: list[str], metrics_port: int) -> int:
     if metrics_port:
-        # A daemon thread serving the default registry; the refill metrics, TOME client metrics and pool
-        # gauges all live there.
-        start_http_server(metrics_port)
-        log.info("worker.metrics", port=metrics_port)
+        host = settings.worker_metrics_host
+        try:
+            start_metrics_server(host, metrics_port)
+        except OSError as exc:
+            log.error("worker.metrics_unavailable", host=host, port=metrics_port, error=exc.strerror or str(exc))
+            return EXIT_METRICS_PORT_UNAVAILABLE
+        log.info("worker.metrics", host=host, port=metrics_port)
     asyncio.run(_serve(settings, pools))
     return 0
+
+
+def start_metrics_server(host: str, port: int) -> None:
+    """Prometheus on ``host:port`` (the worker's metrics need no key: loopback unless the operator says
+    otherwise, TOKENPOOL_WORKER_METRICS_HOST). A daemon thread serving the default registry, where the
+    refill metrics, TOME client metrics and pool gauges all live. OSError when the address is taken."""
+    start_http_server(port, addr=host)
 
 
 async def _serve(settings: Settings, pools: list[str]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import ipaddress
 import ssl
 import stat
 import time
@@ -226,15 +227,34 @@ def _transport_security(settings: Settings, base_url: str) -> tuple[ssl.SSLConte
         if getattr(settings, name) is not None
     ]
     if not base_url.lower().startswith("https://"):
-        if configured:
-            # A token sent in clear, or a CA that silently verifies nothing, is worse than refusing to start.
-            names = ", ".join(f"TOKENPOOL_{name.upper()}" for name in configured)
-            raise ValueError(f"{names} set but the TOME URL {base_url} is not https://")
-        return True, {}
-    headers = {}
-    if settings.tome_bearer_token_file is not None:
-        headers["Authorization"] = f"Bearer {read_bearer_token(settings.tome_bearer_token_file)}"
-    return tome_tls_context(settings), headers
+        # A token sent in clear, or a CA that silently verifies nothing, is worse than refusing to start. One
+        # exception: a token to a loopback address (`tokenpool run`'s emulator) never leaves the machine, and
+        # whoever can read loopback traffic (root) can read the token file too.
+        refused = [n for n in configured if n != "tome_bearer_token_file" or not is_loopback_url(base_url)]
+        if refused:
+            names = ", ".join(f"TOKENPOOL_{name.upper()}" for name in refused)
+            raise ValueError(f"{names} set but the TOME URL {base_url} is not https:// (nor, for a token, loopback)")
+        return True, _bearer_header(settings)
+    return tome_tls_context(settings), _bearer_header(settings)
+
+
+def _bearer_header(settings: Settings) -> dict[str, str]:
+    if settings.tome_bearer_token_file is None:
+        return {}
+    return {"Authorization": f"Bearer {read_bearer_token(settings.tome_bearer_token_file)}"}
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url``'s host is a loopback address, 127.0.0.0/8 or ::1 (a literal: a name such as
+    ``localhost`` is whatever the resolver says)."""
+    try:
+        host = httpx.URL(url).host
+    except httpx.InvalidURL:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # --- The client ------------------------------------------------------------------------------------------

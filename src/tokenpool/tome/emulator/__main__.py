@@ -7,15 +7,16 @@ start an emulator without it (adapters do not import entry points).
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from tokenpool.tome.emulator.faults import Faults
-from tokenpool.tome.emulator.server import ServerTls, serve
+from tokenpool.tome.emulator.server import BEARER_TOKEN_FILE_ENV, ServerTls, serve
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tokenpool.tome.emulator", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (default: this machine only).")
     parser.add_argument("--port", type=int, default=8099)
     parser.add_argument("--db", type=Path, required=True, help="SQLite vault file (created if missing).")
     for name, info in Faults.model_fields.items():
@@ -28,7 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ssl-keyfile", type=Path, help="Key of --ssl-certfile (PEM).")
     parser.add_argument("--ssl-client-ca", type=Path, help="Require client certificates signed by this CA.")
     parser.add_argument(
-        "--bearer-token-file", type=Path, help="Require Authorization: Bearer <the token in this file>."
+        "--bearer-token-file", type=Path, default=os.environ.get(BEARER_TOKEN_FILE_ENV) or None,
+        help="Require Authorization: Bearer <the token in this file> on every path "
+        f"(default: ${BEARER_TOKEN_FILE_ENV}).",
     )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)

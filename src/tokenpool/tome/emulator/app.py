@@ -73,10 +73,6 @@ class EmulatorState:
         self.faults = faults
 
 
-# Answers without a token: a readiness probe should not need the credential.
-UNAUTHENTICATED_PATHS = frozenset({"/_admin/health"})
-
-
 def create_app(vault: Vault, faults: Faults | None = None, *, bearer_token: str | None = None) -> FastAPI:
     state = EmulatorState(vault)
     state.set_faults(faults or Faults())
@@ -90,11 +86,11 @@ def create_app(vault: Vault, faults: Faults | None = None, *, bearer_token: str 
     if bearer_token is not None:
         expected = bearer_token.encode()
 
-        # Registered before the correlation middleware, so it runs inside it: a 401 echoes the id too.
+        # Every path, /_admin/* and /openapi.json included: another local user who finds the port learns
+        # nothing, not even that an emulator answers. Registered before the correlation middleware, so it
+        # runs inside it: a 401 echoes the id too.
         @app.middleware("http")
         async def require_bearer(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-            if request.url.path in UNAUTHENTICATED_PATHS:
-                return await call_next(request)
             scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
             if scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), expected):
                 return await call_next(request)

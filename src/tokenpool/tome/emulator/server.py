@@ -15,6 +15,10 @@ from tokenpool.tome.emulator.vault import Vault
 
 log = get_logger(__name__)
 
+BEARER_TOKEN_FILE_ENV = "TOKENPOOL_TOME_EMULATOR_BEARER_TOKEN_FILE"  # noqa: S105 - a variable name
+"""The emulator's ``--bearer-token-file`` from the environment (not TOKENPOOL_TOME_BEARER_TOKEN_FILE: that
+one is the token a client sends)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ServerTls:

@@ -2,12 +2,15 @@
 
 One connection in WAL mode, guarded by a lock; the app calls these methods from worker threads so a
 2,500-item batch never blocks the event loop. ``synchronous=NORMAL`` loses nothing when the process
-is killed (only on power loss), which is what the chaos tests do to it.
+is killed (only on power loss), which is what the chaos tests do to it. The file is owner-only (0600),
+like the folders it creates (0700): it holds every token the emulator issued.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -67,10 +70,28 @@ class IssueResult:
     replayed: bool
 
 
+# SQLite's side files: made with the database file's mode (the unix VFS copies it), tightened here too when
+# an older emulator left them open to others.
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def _create_private(path: Path) -> None:
+    """The vault file owner-only (0600), its missing folders too (0700): the emulator's tokens are the
+    same kind of secret as TOME's. An existing file others could read (an older emulator's) is tightened."""
+    missing = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for file in (path, *(path.with_name(path.name + suffix) for suffix in _SIDE_FILES)):
+        with contextlib.suppress(FileNotFoundError):
+            if file.stat().st_mode & 0o077:
+                file.chmod(0o600)
+
+
 class Vault:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(self.path)
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
