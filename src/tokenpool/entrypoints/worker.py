@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 
 from prometheus_client import start_http_server
 
@@ -17,17 +18,20 @@ from tokenpool.settings import Settings
 log = get_logger(__name__)
 
 
-def run_worker(settings: Settings, pools: list[str], metrics_port: int) -> int:
+EXIT_UNKNOWN_PROGRAM = 2
+
+
+def run_worker(settings: Settings, pools: list[str] | None, metrics_port: int) -> int:
+    """``pools``: the programs to keep; None: every registered program. Returns the exit code."""
     if metrics_port:
         # A daemon thread serving the default registry; the refill metrics, TOME client metrics and pool
         # gauges all live there.
         start_http_server(metrics_port)
         log.info("worker.metrics", port=metrics_port)
-    asyncio.run(_serve(settings, pools))
-    return 0
+    return asyncio.run(_serve(settings, pools))
 
 
-async def _serve(settings: Settings, pools: list[str]) -> None:
+async def _serve(settings: Settings, pools: list[str] | None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -35,6 +39,13 @@ async def _serve(settings: Settings, pools: list[str]) -> None:
     alerter = Alerter(settings)
     try:
         async with bootstrap.open_refill(settings) as deps:
+            registered = {program.name for program in await deps.programs.registered()}
+            if unknown := [name for name in pools or [] if name not in registered]:
+                message = (f"not registered: {', '.join(repr(name) for name in unknown)} "
+                           "(tokenpool program add, or drop it from --pool / TOKENPOOL_WORKER_POOLS)")
+                log.error("worker.unknown_programs", programs=unknown)
+                print(f"refused: {message}", file=sys.stderr)  # the one line an operator reads
+                return EXIT_UNKNOWN_PROGRAM
             worker = RefillWorker(deps, pools, alerter=alerter, stop=stop)
             running = asyncio.create_task(worker.run(), name="refill-worker")
             stopping = asyncio.create_task(stop.wait())
@@ -50,6 +61,7 @@ async def _serve(settings: Settings, pools: list[str]) -> None:
             stopping.cancel()
     finally:
         await alerter.aclose()
+    return 0
 
 
 def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
