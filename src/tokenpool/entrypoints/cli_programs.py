@@ -58,7 +58,8 @@ def program_add(name: Name, target: Target = None, ns1: Ns1 = None, ns2: Ns2 = N
     settings = get_settings()
     registration = _run(_add(settings, name, target, ns1, ns2))
     again = " again" if registration.reregistered else ""
-    console.print(f"program {name!r} registered{again}: {_describe(registration.program, settings)}", highlight=False)
+    console.print(f"program {name!r} registered{again}: {_describe(registration.program, settings)}",
+                  highlight=False, soft_wrap=True)
 
 
 @programs_app.command("list")
@@ -106,7 +107,7 @@ def program_set(
               EXIT_USAGE)
     settings = get_settings()
     program = _run(_set(settings, name, change))
-    console.print(f"program {name!r}: {_describe(program, settings)}", highlight=False)
+    console.print(f"program {name!r}: {_describe(program, settings)}", highlight=False, soft_wrap=True)
 
 
 @programs_app.command("remove")
@@ -122,7 +123,7 @@ def program_remove(
     Refused while its pool holds AVAILABLE or RESERVED pairs or unfinished refill batches, unless --force."""
     live = _run(_remove(get_settings(), name, force))
     left = f"; left in its pool: {live.available:,} available, {live.reserved:,} reserved" if live.any else ""
-    console.print(f"program {name!r} removed{left}", highlight=False)
+    console.print(f"program {name!r} removed{left}", highlight=False, soft_wrap=True)
 
 
 def _run(work: Coroutine[Any, Any, T]) -> T:
