@@ -66,6 +66,7 @@ async def end_to_end(url: str, tome_url: str, pairs: int, rps: float, in_flight:
         tome_max_connections=max(4, in_flight), log_level="WARNING",
     )
     async with bootstrap.open_refill(settings) as deps:
+        await deps.programs.add(POOL)  # a fresh database: only `default` is registered
         started = time.perf_counter()
         result = await refill_pool(deps, POOL, count=pairs)
         elapsed = time.perf_counter() - started

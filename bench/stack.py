@@ -113,7 +113,7 @@ def running_stack(config: StackConfig, console: Console) -> Iterator[Stack]:
 
 def top_up(stack: Stack, count: int) -> None:
     """Adds exactly ``count`` pairs (one refill run, within the refill's TOME budget)."""
-    _run(stack.supervisor, stack.logs / "top-up.log", "refill", "--count", str(count))
+    _run(stack.supervisor, stack.logs / "top-up.log", "refill", "--pool", PROGRAM, "--count", str(count))
 
 
 def _run(supervisor: Supervisor, log: Path, *args: str) -> None:

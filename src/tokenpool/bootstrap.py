@@ -19,6 +19,7 @@ from tokenpool.db.journal_store import JournalStore
 from tokenpool.db.lease_store import LeaseStore
 from tokenpool.db.monitoring_store import MonitoringStore
 from tokenpool.db.pool_store import PostgresTokenPool
+from tokenpool.db.program_store import ProgramStore, ensure_program
 from tokenpool.db.vault_store import Vault, VaultStore, ensure_keys, load_keyring_sync
 from tokenpool.observability.logging import get_logger
 from tokenpool.refill.job import RefillDeps
@@ -86,12 +87,16 @@ def admin_database_url(settings: Settings) -> str:
 
 def upgrade_database(settings: Settings) -> list[migrate.Migration]:
     """As the owner role: pending migrations (one that must encrypt stored tokens gets the vault's keys), the
-    vault's first keys, then the app role's grants (every time: idempotent)."""
+    vault's first keys, the program ``TOKENPOOL_DEFAULT_POOL`` (so that the quick start and the commands that
+    default to it work; one removed on purpose stays removed), then the app role's grants (every time:
+    idempotent)."""
     provider = key_provider_from_settings(settings)
     context = migrate.MigrationContext(keyring=lambda conn: load_keyring_sync(conn, provider))
     url = admin_database_url(settings)
     applied = migrate.upgrade(url, context)
     ensure_keys(url, provider)
+    if ensure_program(url, settings.default_pool):
+        log.info("db.program_registered", program=settings.default_pool, reason="TOKENPOOL_DEFAULT_POOL")
     roles.apply_grants(url, app_role(settings))
     return applied
 
@@ -108,6 +113,7 @@ class Backend:
     journal: JournalStore
     leases: LeaseStore
     samples: MonitoringStore
+    programs: ProgramStore
 
 
 async def _backend(settings: Settings, url: str, db: Database) -> Backend:
@@ -115,7 +121,7 @@ async def _backend(settings: Settings, url: str, db: Database) -> Backend:
     vault = await Vault.load(vault_store, refresh_s=settings.vault_refresh_s)
     store = PostgresTokenPool(db, vault)
     return Backend(url, db, vault_store, vault, store, JournalStore(db, store, vault), LeaseStore(db),
-                   MonitoringStore(db))
+                   MonitoringStore(db), ProgramStore(db))
 
 
 @asynccontextmanager
@@ -153,7 +159,8 @@ def create_service_app(settings: Settings) -> FastAPI:
 
 
 def refill_deps(settings: Settings, backend: Backend, tome: TomeClient) -> RefillDeps:
-    return RefillDeps(settings, backend.db, backend.store, backend.journal, backend.leases, backend.samples, tome)
+    return RefillDeps(settings, backend.db, backend.store, backend.journal, backend.leases, backend.samples, tome,
+                      backend.programs)
 
 
 @asynccontextmanager

@@ -56,11 +56,23 @@ class PairReclaimed(Exception):
 
 
 class TomePairs:
+    """Pairs of one program: issued on its NS1, tokenized on its NS2 (``on`` gives another program's view)."""
+
     def __init__(self, tome: PairTome, journal: JournalStore, ns1: str, ns2: str) -> None:
         self._tome = tome
         self._journal = journal
         self._ns1 = ns1
         self._ns2 = ns2
+
+    @property
+    def namespaces(self) -> tuple[str, str]:
+        return self._ns1, self._ns2
+
+    def on(self, ns1: str, ns2: str) -> TomePairs:
+        """The same TOME and journal, on these namespaces (a program's own)."""
+        if (ns1, ns2) == (self._ns1, self._ns2):
+            return self
+        return TomePairs(self._tome, self._journal, ns1, ns2)
 
     async def issue(self, batch_id: UUID, count: int, *, correlation_id: str | None = None) -> list[str]:
         """NS1 tokens for a journaled batch; the batch id is the Idempotency-Key (one TOME request).
@@ -79,7 +91,7 @@ class TomePairs:
         (before any TOME call) when the intent cannot be journaled.
         """
         intent_id = uuid.uuid4()
-        await self._journal.record_service_intent(intent_id, pool)
+        await self._journal.record_service_intent(intent_id, pool, ns1=self._ns1, ns2=self._ns2)
         pairs = await self.tokenize(await self.issue(intent_id, 1))
         return JournaledPair(pairs[0], intent_id)
 
@@ -93,10 +105,12 @@ class TomePairs:
             raise PairReclaimed(journaled.intent_id)
 
     async def recover(self, batch: UnfinishedBatch) -> list[TokenPair]:
-        """The pairs of a batch an earlier run or request left unfinished, ready to load."""
+        """The pairs of a batch an earlier run or request left unfinished, ready to load: on the namespaces it
+        was journaled for (a replayed Idempotency-Key means something only there), else on these."""
+        pairs = self.on(batch.ns1 or self._ns1, batch.ns2 or self._ns2)
         if batch.state == "intent":
-            tokens = await self.issue(batch.batch_id, batch.count, correlation_id=f"refill-{batch.batch_id}")
+            tokens = await pairs.issue(batch.batch_id, batch.count, correlation_id=f"refill-{batch.batch_id}")
             await self._journal.record_issued(batch.batch_id, tokens)
         else:
             tokens = await self._journal.pending_tokens(batch.batch_id)
-        return await self.tokenize(tokens)
+        return await pairs.tokenize(tokens)

@@ -47,13 +47,16 @@ class Settings(BaseSettings):
     db_idle_in_transaction_timeout_ms: int = Field(default=10_000, gt=0)
 
     # --- The pool -----------------------------------------------------------------------------------
-    default_pool: str = "default"
+    default_pool: str = Field(
+        default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="The program (pool) a command uses when it names none; `db upgrade` registers it.",
+    )
     lease_seconds: float = Field(default=60.0, gt=0, description="How long a reservation holds a pair.")
 
     # --- TOME -------------------------------------------------------------------------------------
     tome_url: str | None = Field(default=None, description="TOME base URL; unset = start the emulator.")
-    tome_ns1: str = "NS1"
-    tome_ns2: str = "NS2"
+    tome_ns1: str = Field(default="NS1", description="NS1 of a program registered without its own (--ns1).")
+    tome_ns2: str = Field(default="NS2", description="NS2 of a program registered without its own (--ns2).")
     tome_batch_size: int = Field(default=2_500, ge=1)
     tome_connect_timeout_s: float = Field(default=2.0, gt=0)
     tome_read_timeout_s: float = Field(default=5.0, gt=0)
@@ -88,7 +91,10 @@ class Settings(BaseSettings):
     )
 
     # --- Refill -----------------------------------------------------------------------------------
-    refill_target: int = Field(default=10_000, ge=0, description="Available pairs a refill fills up to (at least).")
+    refill_target: int = Field(
+        default=10_000, ge=0,
+        description="Available pairs a refill fills up to (at least), for a program registered without its own.",
+    )
     refill_batch_size: int = Field(
         default=2_500, ge=1, description="Tokens per TOME issue call (capped at tome_batch_size)."
     )
@@ -137,7 +143,10 @@ class Settings(BaseSettings):
     alert_aws_region: str | None = Field(default=None, description="Region of the SNS client; unset: boto3's.")
     alert_webhook_url: str | None = Field(default=None, description="URL that receives alerts as JSON POSTs.")
     alert_timeout_s: float = Field(default=5.0, gt=0, description="Bound on one alert delivery.")
-    worker_pools: list[str] = Field(default_factory=list, description="Pools the worker keeps; empty: default_pool.")
+    worker_pools: list[str] = Field(
+        default_factory=list,
+        description="Programs the worker keeps; empty: every registered program (reread at each poll).",
+    )
     worker_poll_s: float = Field(default=15.0, gt=0, description="Watermark and health poll interval.")
     worker_janitor_interval_s: float = Field(default=15.0, gt=0, description="How often lapsed leases expire.")
     worker_metrics_port: int = Field(default=9108, ge=0, le=65_535, description="Prometheus port; 0: none.")
@@ -164,6 +173,19 @@ class Settings(BaseSettings):
     )
     service_runtime_config_ttl_s: float = Field(
         default=3.0, gt=0, description="How long a runtime_config value (canary share) is cached."
+    )
+    service_programs_ttl_s: float = Field(
+        default=5.0, gt=0,
+        description="How long the registered programs are cached: a removal, or a new target or namespace, "
+        "reaches every instance within about this long (a program just added works at once).",
+    )
+    service_programs_unknown_ttl_s: float = Field(
+        default=1.0, ge=0, description="A name found unregistered is refused without rereading for this long.",
+    )
+    service_programs_miss_reloads_per_s: float = Field(
+        default=2.0, gt=0,
+        description="Rereads of the programs caused by names not cached, per second at most (bursts of 5): "
+        "what a flood of unknown names can cost the database.",
     )
     service_api_key_cache_ttl_s: float = Field(
         default=10.0, ge=0, description="How long an API key check is cached (bounds revocation delay)."

@@ -32,7 +32,7 @@ async def test_killing_the_refill_mid_run_under_card_load_loses_no_token(make_st
 
     def fault(timeline):
         timeline.sleep_until(profile.fault_at_s)
-        refill = stack.start("refill-victim", "refill", "--json", "--count", str(cards * 2))
+        refill = stack.start("refill-victim", "refill", "--json", "--pool", "default", "--count", str(cards * 2))
         timeline.mark("refill_started")
         deadline = time.monotonic() + 30
         while stack.events("refill-victim").count(KILL_AFTER_EVENT) < 2:

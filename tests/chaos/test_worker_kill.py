@@ -43,7 +43,7 @@ RUN_COLUMNS = ("run_id", "trigger", "holder", "outcome", "started_at", "finished
 def _prepared(stack: Stack, result: ScenarioResult, initial: int) -> tuple[list[str], str]:
     """``initial`` pairs (below the target, unlike ``scenario.prepared``), one API process, a key."""
     started = time.monotonic()
-    code = stack.refill("--count", str(initial))
+    code = stack.refill("--pool", "default", "--count", str(initial))
     assert code == 0, f"initial refill exited {code}: {stack.log('refill-foreground').read_text()[-2000:]}"
     url = stack.start_api().url
     key = stack.api_key()

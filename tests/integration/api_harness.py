@@ -57,7 +57,7 @@ class ThreadedServer:
     def __init__(self, settings: Settings, tome_factory: Callable[[], Any] | None = None) -> None:
         self.settings = settings
         self.port = free_port()
-        app = create_app(
+        self.app = app = create_app(
             settings, database_url=settings.database_url.get_secret_value(),  # type: ignore[union-attr]
             tome_factory=tome_factory or (lambda: TomeClient(settings)),
         )

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fixtures.database import register_program
 from tests.fixtures.tome import free_port
 from tokenpool.pool.synthetic import synthetic_pairs
 
@@ -54,8 +55,10 @@ def service_process(database_url: str, tome, tmp_path: Path) -> Iterator[tuple[s
         process.wait(timeout=10)
 
 
-async def test_a_log_capture_of_a_busy_service_contains_no_whole_token(service_process, store, api_key_pool):
+async def test_a_log_capture_of_a_busy_service_contains_no_whole_token(service_process, store, api_key_pool,
+                                                                        database_url):
     url, log_path = service_process
+    register_program(database_url, "elsewhere")
     pairs = synthetic_pairs(20)
     await store.add_pairs(POOL, pairs, uuid.uuid4())
     _, key = await api_key_pool.create("log-test", ["cards:write", "cards:read", "tokens:detokenize",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY
 
+from tests.fixtures.database import register_program
 from tests.integration import api_harness
 from tests.integration.api_harness import POOL, Api
 
@@ -23,7 +24,16 @@ async def test_pool_counts_and_health_are_reported(api: Api):
         "pool": POOL, "available": 4, "reserved": 0, "used": 1, "expired": 0, "total": 5}
     assert body["status"] == "CRITICAL", "4 pairs are far below the default refill target"
     assert body["target"] >= 4
-    assert (unknown.status_code, unknown.json()["code"]) == (404, "POOL_NOT_FOUND")
+    assert (unknown.status_code, unknown.json()["code"]) == (422, "UNKNOWN_PROGRAM")
+
+
+async def test_a_registered_program_whose_pool_is_still_empty_reads_empty_against_its_own_target(api: Api):
+    register_program(api.database_url, "new-program", refill_target=250)
+    async with api.client() as client:
+        response = await client.get("/v1/pools/new-program", headers=await api.headers("pools:read"))
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["status"], body["target"], body["total"]) == ("EMPTY", 250, 0)
 
 
 def _counted() -> tuple[float, ...]:

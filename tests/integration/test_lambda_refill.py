@@ -20,11 +20,13 @@ import structlog
 from prometheus_client import REGISTRY
 
 from tests.emf import emf_lines, validate_emf
+from tests.fixtures.database import OWNER_URLS, register_program
 from tests.fixtures.tome import FAST_TOME_SETTINGS
 from tests.integration.refill_support import pool_tokens, refill_settings
 from tokenpool import bootstrap
 from tokenpool.db.queries import sql
 from tokenpool.entrypoints import lambda_refill
+from tokenpool.programs import UnknownProgram
 from tokenpool.settings import get_settings
 
 # The AWS documentation's sample of a scheduled event (EventBridge "Scheduled Event" detail-type).
@@ -84,7 +86,9 @@ def test_a_scheduled_event_refills_and_returns_a_json_summary_with_emf_metrics_o
     out = capsys.readouterr().out
 
     assert json.loads(json.dumps(result)) == result  # JSON-serialisable as Lambda returns it
-    assert (result["outcome"], result["added"], result["pool"]) == ("succeeded", 30, "default")
+    assert (result["outcome"], result["added"], result["skipped"]) == ("succeeded", 30, [])
+    assert [(run["pool"], run["outcome"], run["added"], run["health"]) for run in result["programs"]] == [
+        ("default", "succeeded", 30, "OK")]
     assert sorted(pool_tokens(database_url, "default")) == sorted(tome.issued(lambda_env.tome_ns1))
     documents = emf_lines(out)
     assert documents, "no EMF line on stdout"
@@ -104,7 +108,7 @@ def test_a_warm_invocation_reuses_the_database_connection_and_tome_client(lambda
     resources = lambda_refill._resources
     assert resources is not None
     opened_at_cold_start = resources[0].db.connections.get_stats()["connections_num"]
-    second = lambda_refill.handler({**SCHEDULED_EVENT, "detail": {"count": 5}}, LambdaContext())
+    second = lambda_refill.handler({**SCHEDULED_EVENT, "detail": {"pool": "default", "count": 5}}, LambdaContext())
     assert lambda_refill._resources is resources
     assert resources[0].db.connections.get_stats()["connections_num"] == opened_at_cold_start  # none opened since
     assert (second["outcome"], second["added"]) == ("succeeded", 5)
@@ -125,8 +129,11 @@ def test_an_invocation_near_its_deadline_starts_no_batch_and_reports_stopped(lam
     context = LambdaContext(remaining_ms=int(lambda_refill.DEADLINE_MARGIN_S * 1000))
     result = lambda_refill.handler(SCHEDULED_EVENT, context)
     capsys.readouterr()
-    assert (result["outcome"], result["added"]) == ("stopped", 0)
+    assert (result["outcome"], result["added"], result["skipped"]) == ("stopped", 0, ["default"])
     assert pool_tokens(database_url, "default") == []
+    named = lambda_refill.handler({**SCHEDULED_EVENT, "pool": "default"}, context)
+    capsys.readouterr()
+    assert (named["pool"], named["outcome"], named["added"]) == ("default", "stopped", 0)
 
 
 def test_an_invocation_also_quarantines_lapsed_reservations_and_alerts_when_it_cannot_fill(
@@ -139,7 +146,7 @@ def test_an_invocation_also_quarantines_lapsed_reservations_and_alerts_when_it_c
         monkeypatch.setenv(f"TOKENPOOL_{name.upper()}", str(value))
     get_settings.cache_clear()
     first = lambda_refill.handler(SCHEDULED_EVENT, LambdaContext())
-    assert (first["outcome"], first["health"]) == ("succeeded", "OK")
+    assert (first["outcome"], first["programs"][0]["health"]) == ("succeeded", "OK")
     with psycopg.connect(database_url, autocommit=True) as conn:
         claim = {"pool": "default", "start": 0}
         conn.execute(sql("reserve"), {**claim, "n": 2, "lease_seconds": 0.01})  # lapse at once
@@ -151,7 +158,7 @@ def test_an_invocation_also_quarantines_lapsed_reservations_and_alerts_when_it_c
     second = lambda_refill.handler(SCHEDULED_EVENT, LambdaContext())
     capsys.readouterr()
 
-    assert (second["outcome"], second["health"]) == ("failed", "EMPTY")
+    assert (second["outcome"], second["programs"][0]["health"]) == ("failed", "EMPTY")
     assert [alert["status"] for alert in received] == ["EMPTY"]
     with psycopg.connect(database_url) as conn:
         statuses = dict(conn.execute("SELECT status, count(*) FROM token_pool GROUP BY status").fetchall())
@@ -176,3 +183,35 @@ def test_a_cold_start_reads_the_database_url_from_secrets_manager(lambda_env, da
     capsys.readouterr()
     assert (result["outcome"], result["added"]) == ("succeeded", 30)
     assert len(pool_tokens(database_url, "default")) == 30
+def test_an_event_without_a_pool_refills_every_registered_program_to_its_own_target(
+    lambda_env, database_url, tome, capsys
+):
+    register_program(database_url, "gold", refill_target=6, ns1=f"{lambda_env.tome_ns1}-gold",
+                     ns2=f"{lambda_env.tome_ns2}-gold")
+    register_program(database_url, "silver", refill_target=4)
+    register_program(database_url, "gone")
+    with psycopg.connect(OWNER_URLS[database_url], autocommit=True) as conn:
+        conn.execute("UPDATE programs SET removed_at = now() WHERE name = 'gone'")
+
+    result = lambda_refill.handler(SCHEDULED_EVENT, LambdaContext())
+    documents = emf_lines(capsys.readouterr().out)
+
+    assert (result["outcome"], result["added"], result["skipped"]) == ("succeeded", 40, [])
+    assert {run["pool"]: (run["added"], run["target"], run["health"]) for run in result["programs"]} == {
+        "default": (30, 30, "OK"), "gold": (6, 6, "OK"), "silver": (4, 4, "OK")}
+    assert sorted(pool_tokens(database_url, "gold")) == sorted(tome.issued(f"{lambda_env.tome_ns1}-gold"))
+    assert pool_tokens(database_url, "gone") == []
+    assert {doc["pool"] for doc in documents} == {"default", "gold", "silver"}
+
+
+def test_an_event_naming_an_unregistered_program_fails_the_invocation_and_asks_tome_nothing(
+    lambda_env, database_url, tome, capsys
+):
+    before = tome.stats()["requests"]
+    with pytest.raises(UnknownProgram):
+        lambda_refill.handler({**SCHEDULED_EVENT, "detail": {"pool": "no-such-program"}}, LambdaContext())
+    with pytest.raises(ValueError, match="pool"):
+        lambda_refill.handler({**SCHEDULED_EVENT, "detail": {"count": 5}}, LambdaContext())
+    capsys.readouterr()
+    assert tome.stats()["requests"] == before
+    assert pool_tokens(database_url, "no-such-program") == []

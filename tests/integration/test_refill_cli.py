@@ -7,7 +7,8 @@ import subprocess
 
 import psycopg
 
-from tests.integration.refill_support import cli, env_for, refill_settings
+from tests.fixtures.database import register_program
+from tests.integration.refill_support import cli, env_for, pool_tokens, refill_settings
 
 POOL = "default"
 
@@ -54,9 +55,50 @@ def test_refill_exits_1_with_the_reason_when_tome_is_down(settings, tome):
 def test_health_exits_2_for_an_empty_pool_and_1_for_a_low_one(settings, tome):
     config = refill_settings(settings, tome, refill_target=100)
     empty = _run(["health", "--no-alert"], env_for(config))
-    _run(["refill", "--count", "10"], env_for(config))
+    _run(["refill", "--pool", POOL, "--count", "10"], env_for(config))
     low = _run(["health", "--json", "--no-alert"], env_for(config))
     assert empty.returncode == 2
     assert "EMPTY" in empty.stdout
     assert low.returncode == 1
     assert json.loads(low.stdout)["status"] == "LOW"
+
+
+def test_refill_without_pool_fills_every_program_to_its_own_target_on_its_own_namespaces(
+    settings, database_url, tome
+):
+    config = refill_settings(settings, tome, refill_target=20)
+    register_program(database_url, "gold", refill_target=7, ns1=f"{config.tome_ns1}-gold",
+                     ns2=f"{config.tome_ns2}-gold")
+    register_program(database_url, "silver", refill_target=12)  # the settings' namespaces
+    result = _run(["refill", "--json"], env_for(config))
+    assert result.returncode == 0, result.stderr
+    summaries = {summary["pool"]: summary for summary in map(json.loads, result.stdout.splitlines())}
+    assert {name: (s["outcome"], s["added"], s["target"]) for name, s in summaries.items()} == {
+        "default": ("succeeded", 20, 20), "gold": ("succeeded", 7, 7), "silver": ("succeeded", 12, 12)}
+    # Each pool holds exactly what its namespaces issued: gold's NS1 issued its 7, the settings' NS1 the rest.
+    assert sorted(pool_tokens(database_url, "gold")) == sorted(tome.issued(f"{config.tome_ns1}-gold"))
+    assert sorted(pool_tokens(database_url, "default") + pool_tokens(database_url, "silver")) == sorted(
+        tome.issued(config.tome_ns1))
+    assert tome.items(f"{config.tome_ns2}-gold", "tokenize") == 7
+    assert tome.items(config.tome_ns2, "tokenize") == 32
+
+
+def test_a_refill_of_an_unregistered_program_is_refused_in_one_line_and_asks_tome_nothing(
+    settings, database_url, tome
+):
+    config = refill_settings(settings, tome)
+    before = tome.stats()["requests"]
+    result = _run(["refill", "--pool", "no-such-program"], env_for(config))
+    count_alone = _run(["refill", "--count", "5"], env_for(config))
+    health = _run(["health", "--pool", "no-such-program", "--no-alert"], env_for(config))
+    assert result.returncode == 2
+    assert [line for line in result.stderr.splitlines() if not line.startswith("{")] == [
+        "refused: Program 'no-such-program' is not registered (tokenpool program add)."]
+    assert count_alone.returncode == 2
+    assert "--pool" in count_alone.stderr
+    assert health.returncode == 3
+    assert "not registered" in health.stderr
+    assert tome.stats()["requests"] == before
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM refill_runs").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM token_pool").fetchone() == (0,)

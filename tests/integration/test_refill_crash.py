@@ -22,6 +22,7 @@ from collections import Counter
 
 import pytest
 
+from tests.fixtures.database import register_program
 from tests.integration.refill_support import (
     cli,
     env_for,
@@ -88,8 +89,9 @@ async def _trials(n: int, settings, database_url, tome, seed: int) -> Counter[st
         pool = f"crash-{trial}-{uuid.uuid4().hex[:6]}"
         config = refill_settings(settings, tome, refill_target=TARGET, refill_lease_ttl_s=0.8,
                                  default_pool=pool, log_level="INFO")
+        register_program(database_url, pool)
         event = list(KILL_AFTER)[trial % len(KILL_AFTER)]  # every step gets its share of kills
-        where = await asyncio.to_thread(_run_and_kill, cli("refill"), env_for(config), event, rng)
+        where = await asyncio.to_thread(_run_and_kill, cli("refill", "--pool", pool), env_for(config), event, rng)
         kills[where.split("#")[0].split("+")[0]] += 1
         await asyncio.sleep(config.refill_lease_ttl_s)  # the killed runner's lease lapses
         async with refill_deps(config) as deps:

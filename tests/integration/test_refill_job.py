@@ -10,7 +10,9 @@ from collections import Counter
 import psycopg
 import pytest
 
+from tests.fixtures.database import register_program
 from tests.integration.refill_support import journal_leftovers, pool_tokens, refill_deps, refill_settings
+from tokenpool.programs import UnknownProgram
 from tokenpool.refill.job import refill_pool
 from tokenpool.refill.model import Outcome
 
@@ -152,6 +154,37 @@ async def test_a_batch_left_issued_but_not_loaded_is_finished_first_by_the_next_
     assert set(tokens) | set(replayed) == set(pool_tokens(database_url, POOL))
     assert sorted(pool_tokens(database_url, POOL)) == sorted(tome.issued(config.tome_ns1))
     assert journal_leftovers(database_url, POOL) == (0, 0)
+
+
+async def test_a_batch_journaled_before_its_programs_namespaces_changed_is_finished_where_it_was_issued(
+    settings, database_url, admin_database_url, tome
+):
+    config = refill_settings(settings, tome)
+    old1, old2, new1, new2 = (f"{ns}-{age}" for age in ("old", "new") for ns in (config.tome_ns1, config.tome_ns2))
+    register_program(database_url, "moving", refill_target=0, ns1=old1, ns2=old2)  # target 0: recovery only
+    async with refill_deps(config) as deps:
+        batch_id = uuid.uuid4()  # a crash right after TOME answered, before the tokens were journaled
+        await deps.journal.record_intent(batch_id, "moving", 5, uuid.uuid4(), ns1=old1, ns2=old2)
+        issued = await deps.tome.issue(old1, 5, idempotency_key=str(batch_id))
+        with psycopg.connect(admin_database_url, autocommit=True) as conn:  # tokenpool program set --ns1 --ns2
+            conn.execute("UPDATE programs SET ns1 = %s, ns2 = %s WHERE name = 'moving'", (new1, new2))
+        result = await refill_pool(deps, "moving")
+    assert (result.outcome, result.recovered, result.requested) == (Outcome.SUCCEEDED, 5, 0)
+    assert sorted(pool_tokens(database_url, "moving")) == sorted(issued) == sorted(tome.issued(old1))
+    assert tome.issued(new1) == []
+    assert (tome.items(old2, "tokenize"), tome.items(new2, "tokenize")) == (5, 0)
+
+
+async def test_a_run_for_an_unregistered_program_raises_before_any_lease_or_tome_call(settings, database_url, tome):
+    config = refill_settings(settings, tome)
+    before = tome.stats()["requests"]
+    async with refill_deps(config) as deps:
+        with pytest.raises(UnknownProgram):
+            await refill_pool(deps, "nobody")
+    assert tome.stats()["requests"] == before
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM refill_leases").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM refill_runs").fetchone() == (0,)
 
 
 async def test_a_database_that_cannot_be_reached_ends_the_run_as_failed_with_the_reason(settings, tome):

@@ -18,6 +18,7 @@ import psycopg
 
 from tests.emf import emf_lines, metric_values, validate_emf
 from tests.factories import make_pairs
+from tests.fixtures.database import register_program
 from tests.fixtures.network import accepts_connections, require_non_loopback_ipv4
 from tests.fixtures.tome import free_port
 from tests.integration.refill_support import cli, env_for, journal_leftovers, refill_deps, refill_settings
@@ -116,6 +117,47 @@ async def test_the_worker_janitor_expires_lapsed_reservations(settings, tome):
             worker.stop.set()
             await asyncio.wait_for(running, timeout=10)
     assert (stats.count(PairStatus.EXPIRED), stats.count(PairStatus.RESERVED)) == (3, 0)
+
+
+async def test_a_worker_given_no_program_keeps_every_registered_one_and_picks_up_changes_while_it_runs(
+    settings, database_url, admin_database_url, tome
+):
+    config = refill_settings(settings, tome, refill_target=10, worker_poll_s=0.1, worker_janitor_interval_s=0.1)
+    async with refill_deps(config) as deps:
+        worker = RefillWorker(deps)  # no programs given: every registered one, reread at each poll
+        running = asyncio.create_task(worker.run())
+        try:
+            async def default_full() -> bool:
+                return (await deps.store.stats(POOL)).available == 10
+
+            await _until(default_full)
+            register_program(database_url, "late", refill_target=4)
+
+            async def late_full() -> bool:
+                return (await deps.store.stats("late")).available == 4
+
+            await _until(late_full)
+            with psycopg.connect(admin_database_url, autocommit=True) as conn:
+                conn.execute("UPDATE programs SET removed_at = now() WHERE name = 'late'")
+
+            async def late_dropped() -> bool:
+                return worker.kept == [POOL]
+
+            await _until(late_dropped)
+        finally:
+            worker.stop.set()
+            await asyncio.wait_for(running, timeout=10)
+    assert (POOL, Trigger.SCHEDULE, Outcome.SUCCEEDED) in worker.runs
+    assert ("late", Trigger.SCHEDULE, Outcome.SUCCEEDED) in worker.runs
+
+
+def test_a_worker_given_an_unregistered_program_exits_2_in_one_line(settings, tome):
+    config = refill_settings(settings, tome, worker_metrics_port=0)
+    result = subprocess.run(cli("worker", "--pool", POOL, "--pool", "nope"), env=env_for(config),
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert [line for line in result.stderr.splitlines() if not line.startswith("{")] == [
+        "refused: not registered: 'nope' (tokenpool program add, or drop it from --pool / TOKENPOOL_WORKER_POOLS)"]
 
 
 def _read(stream, into: queue.Queue) -> None:

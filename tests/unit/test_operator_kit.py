@@ -398,7 +398,7 @@ def test_every_command_in_the_runbook_exists_with_its_options(command):
         path.append(words.pop(0))
     assert not hasattr(node, "commands"), f"{command!r}: {' '.join(path)} has no subcommand {words[:1]}"
     options = {opt for param in node.params for opt in (*param.opts, *param.secondary_opts)}
-    for option in re.findall(r"--[a-z][a-z-]*", " ".join(words)):
+    for option in re.findall(r"--[a-z][a-z0-9-]*", " ".join(words)):
         assert option in options, f"{command!r}: {' '.join(path)} has no option {option} ({sorted(options)})"
 
 

@@ -51,6 +51,10 @@ GRANT UPDATE (created_at) ON idempotency_keys TO {app};
 GRANT INSERT ON detokenize_audit TO {app};
 GRANT EXECUTE ON FUNCTION tokenpool_prune_detokenize_audit(timestamptz, integer) TO {app};
 
+-- Card programs: the service, the refill, the worker and the Lambda read them; registering, changing and
+-- removing one is the owner's (tokenpool program add|set|remove, db upgrade).
+GRANT SELECT ON programs TO {app};
+
 -- The vault: the app role reads the wrapped keys; the owner creates and rotates them (db upgrade,
 -- tokenpool keys), and re-encrypts rows (keys reencrypt).
 GRANT SELECT ON vault_keys TO {app};

@@ -32,6 +32,8 @@ class UnfinishedBatch:
     count: int
     state: str  # 'intent' or 'issued'
     created_at: datetime
+    ns1: str | None = None  # the namespaces it was journaled for; None: before migration 0010
+    ns2: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +92,16 @@ class JournalStore:
 
     # --- Batches -----------------------------------------------------------------------------------------
 
-    async def record_intent(self, batch_id: UUID, pool: str, count: int, run_id: UUID) -> None:
+    async def record_intent(self, batch_id: UUID, pool: str, count: int, run_id: UUID, *, ns1: str | None = None,
+                            ns2: str | None = None) -> None:
+        """A refill batch, journaled before TOME is asked, with the namespaces it is issued and tokenized on."""
         await self._execute("refill_batch_intent", {"batch_id": batch_id, "pool": pool, "count": count,
-                                                    "run_id": run_id})
+                                                    "run_id": run_id, "ns1": ns1, "ns2": ns2})
 
-    async def record_service_intent(self, intent_id: UUID, pool: str) -> None:
+    async def record_service_intent(self, intent_id: UUID, pool: str, *, ns1: str | None = None,
+                                    ns2: str | None = None) -> None:
         """A request's single-pair TOME fallback, journaled before TOME is asked (its own short transaction)."""
-        await self._execute("tome_fallback_intent", {"batch_id": intent_id, "pool": pool})
+        await self._execute("tome_fallback_intent", {"batch_id": intent_id, "pool": pool, "ns1": ns1, "ns2": ns2})
 
     async def unfinished(self, pool: str, service_grace_s: float) -> list[UnfinishedBatch]:
         """Unfinished batches; a service TOME-fallback intent only once older than ``service_grace_s``."""

@@ -244,8 +244,9 @@ WHERE c.card_id = %(card_id)s;
 -- Journal one pair the service is about to ask TOME for, in its own short transaction, BEFORE the call:
 -- batch_id becomes the issue's Idempotency-Key, so if the request fails after TOME issued, the refill
 -- replays the issue and loads the pair into the pool. No database, no TOME call.
-INSERT INTO refill_batches (batch_id, pool, count, run_id, origin)
-VALUES (%(batch_id)s, %(pool)s, 1, %(batch_id)s, 'service');
+-- The namespaces are recorded so that a recovery replays the issue where it was made (migration 0010).
+INSERT INTO refill_batches (batch_id, pool, count, run_id, origin, ns1, ns2)
+VALUES (%(batch_id)s, %(pool)s, 1, %(batch_id)s, 'service', %(ns1)s, %(ns2)s);
 
 -- pair_insert_used --
 -- A pair obtained from TOME for one card (pool empty, or canary), recorded as USED by that card.
@@ -406,14 +407,17 @@ ORDER BY started_at DESC
 LIMIT %(limit)s;
 
 -- refill_batch_intent --
--- Journal a batch BEFORE asking TOME to issue it; batch_id becomes the issue's Idempotency-Key.
-INSERT INTO refill_batches (batch_id, pool, count, run_id) VALUES (%(batch_id)s, %(pool)s, %(count)s, %(run_id)s);
+-- Journal a batch BEFORE asking TOME to issue it; batch_id becomes the issue's Idempotency-Key. Its
+-- namespaces are recorded with it: a recovery replays the issue on the namespace the key was used on, even
+-- if the program's namespaces changed since (migration 0010).
+INSERT INTO refill_batches (batch_id, pool, count, run_id, ns1, ns2)
+VALUES (%(batch_id)s, %(pool)s, %(count)s, %(run_id)s, %(ns1)s, %(ns2)s);
 
 -- refill_batches_unfinished --
 -- Batches an earlier run left behind (crash, timeout, failure): finished first, oldest first.
 -- A service intent (a card's or reservation's TOME fallback) is taken only once it is older than any
 -- request can live: before that, the request may still store the pair itself.
-SELECT batch_id, count, state, created_at
+SELECT batch_id, count, state, created_at, ns1, ns2
 FROM refill_batches
 WHERE pool = %(pool)s AND state <> 'done'
   AND (origin = 'refill' OR created_at < now() - make_interval(secs => %(service_grace_s)s))
@@ -489,6 +493,85 @@ INSERT INTO pool_alert_state AS s (pool, status) VALUES (%(pool)s, %(status)s)
 ON CONFLICT (pool) DO UPDATE SET status = EXCLUDED.status, changed_at = now()
 WHERE s.status <> EXCLUDED.status
 RETURNING (SELECT status FROM previous) AS previous_status;
+
+-- ===== Card programs: the registered names, their refill targets and TOME namespaces (tokenpool program) =====
+-- A handful of rows. The service caches them (tokenpool.programs.catalog); the refill, the worker and the
+-- Lambda read them at each run or poll; only the owner writes them (db/grants.sql).
+
+-- programs_registered --
+-- Every registered (not removed) program: the service's snapshot, the refill of every program, the worker's
+-- poll. Why all of them in one statement: a few rows, and one round trip answers every name until the TTL.
+SELECT name, refill_target, ns1, ns2, created_at, updated_at, removed_at
+FROM programs
+WHERE removed_at IS NULL
+ORDER BY name;
+
+-- programs_all --
+-- Every program ever registered, removed ones included (tokenpool program list --all).
+SELECT name, refill_target, ns1, ns2, created_at, updated_at, removed_at
+FROM programs
+ORDER BY name;
+
+-- program_get --
+-- One program by name, removed or not (a refill run reads its target and namespaces when it starts).
+SELECT name, refill_target, ns1, ns2, created_at, updated_at, removed_at
+FROM programs
+WHERE name = %(name)s;
+
+-- program_insert --
+-- Register a new program; nothing when the name has a row already (registered, or removed: see
+-- program_reregister).
+INSERT INTO programs (name, refill_target, ns1, ns2)
+VALUES (%(name)s, %(refill_target)s, %(ns1)s, %(ns2)s)
+ON CONFLICT (name) DO NOTHING
+RETURNING name, refill_target, ns1, ns2, created_at, updated_at, removed_at;
+
+-- program_reregister --
+-- Register a removed program again, with the target and namespaces given now. created_at stays: its cards
+-- and pairs are older than the new registration.
+UPDATE programs
+SET refill_target = %(refill_target)s, ns1 = %(ns1)s, ns2 = %(ns2)s, removed_at = NULL, updated_at = now()
+WHERE name = %(name)s AND removed_at IS NOT NULL
+RETURNING name, refill_target, ns1, ns2, created_at, updated_at, removed_at;
+
+-- program_update --
+-- Change a registered program's target and namespaces (program set). A column whose set_* flag is false
+-- keeps its value; set to NULL, it follows the settings again.
+UPDATE programs
+SET refill_target = CASE WHEN %(set_target)s THEN %(refill_target)s::int ELSE refill_target END,
+    ns1 = CASE WHEN %(set_ns1)s THEN %(ns1)s::text ELSE ns1 END,
+    ns2 = CASE WHEN %(set_ns2)s THEN %(ns2)s::text ELSE ns2 END,
+    updated_at = now()
+WHERE name = %(name)s AND removed_at IS NULL
+RETURNING name, refill_target, ns1, ns2, created_at, updated_at, removed_at;
+
+-- program_lock --
+-- First statement of a removal: locks the program's row, so two removals (or a removal and a `set`) do not
+-- interleave between the check of its pairs and the removal itself.
+SELECT name FROM programs WHERE name = %(name)s AND removed_at IS NULL FOR UPDATE;
+
+-- program_live_pairs --
+-- What a removal would strand: the pool's AVAILABLE and RESERVED pairs (from the trigger-kept counters, not
+-- a scan) and its refill batches TOME issued that are not loaded yet.
+SELECT coalesce((SELECT sum(n) FROM token_pool_counts WHERE pool = %(name)s AND status = 'AVAILABLE'), 0)::bigint
+           AS available,
+       coalesce((SELECT sum(n) FROM token_pool_counts WHERE pool = %(name)s AND status = 'RESERVED'), 0)::bigint
+           AS reserved,
+       (SELECT count(*) FROM refill_batches WHERE pool = %(name)s AND state <> 'done')::bigint
+           AS unfinished_batches;
+
+-- program_remove --
+-- The soft removal: the row stays (cards name it; `program add` brings it back), the program is refused from
+-- now on (the service within its cache TTL).
+UPDATE programs SET removed_at = now(), updated_at = now()
+WHERE name = %(name)s AND removed_at IS NULL;
+
+-- program_pair_counts --
+-- Pairs by status of every program, in one statement over the trigger-kept counters (program list).
+SELECT p.name AS pool, c.status, sum(c.n)::bigint AS n
+FROM programs p
+JOIN token_pool_counts c ON c.pool = p.name
+GROUP BY p.name, c.status;
 
 -- ===== retention and bloat watch (tokenpool db prune, the worker; docs/pool.md "Retention and bloat") =====
 -- Never token_pool (USED pairs answer detokenize; the other statuses are live or quarantined) and never

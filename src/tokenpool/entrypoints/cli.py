@@ -18,9 +18,18 @@ from tokenpool.db import migrate, retention
 from tokenpool.db.database import Database
 from tokenpool.db.embedded import stop_embedded
 from tokenpool.db.errors import DatabaseUnavailable
-from tokenpool.entrypoints import cli_audit, cli_help, cli_keys, cli_refill, cli_service, tome_emulator_cli
+from tokenpool.entrypoints import (
+    cli_audit,
+    cli_help,
+    cli_keys,
+    cli_programs,
+    cli_refill,
+    cli_service,
+    tome_emulator_cli,
+)
 from tokenpool.pool import PoolStats
 from tokenpool.pool.synthetic import synthetic_pairs
+from tokenpool.programs import UnknownProgram
 from tokenpool.settings import Settings, get_settings
 
 cli_help.hide_flag_types()
@@ -33,12 +42,13 @@ tome_emulator_cli.register(app)
 cli_service.register(app)
 cli_refill.register(app)
 cli_keys.register(app)
+cli_programs.register(app)
 cli_audit.register(app)
 
 console = Console()
 err_console = Console(stderr=True)
 
-PoolOption = Annotated[str | None, typer.Option("--pool", help="Pool (card program); default from settings.")]
+PoolOption = Annotated[str | None, typer.Option("--pool", help="Program (its pool); default from settings.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 
 SEED_CHUNK = 100_000
@@ -161,7 +171,11 @@ def pool_seed(
         )
         raise typer.Exit(2)
     settings = get_settings()
-    added = asyncio.run(_seed(settings, pool or settings.default_pool, count))
+    try:
+        added = asyncio.run(_seed(settings, pool or settings.default_pool, count))
+    except UnknownProgram as error:
+        err_console.print(f"[red]refused:[/] {error.detail}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
     console.print(f"added {added:,} synthetic pairs to pool {pool or settings.default_pool!r}")
 
 
@@ -215,6 +229,7 @@ async def _stats(settings: Settings, pool: str) -> PoolStats:
 async def _seed(settings: Settings, pool: str, count: int) -> int:
     added = 0
     async with bootstrap.open_database(settings, max_size=2) as db:
+        await db.programs.require(pool)  # pairs only for a program the service would serve
         for offset in range(0, count, SEED_CHUNK):
             pairs = synthetic_pairs(min(SEED_CHUNK, count - offset))
             added += await db.store.add_pairs(pool, pairs, uuid.uuid4())

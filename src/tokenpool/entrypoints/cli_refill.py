@@ -5,11 +5,15 @@ Also runnable alone: ``python -m tokenpool.entrypoints.cli_refill refill --pool 
 
 Exit codes (docs/refill.md):
 
-* ``refill``: 0 succeeded · 1 failed (reason printed and in refill_runs.error) · 2 usage error ·
-  3 another run holds the pool's lease (its holder is printed) · 4 interrupted (stopped or lease
-  lost; nothing half-done, the next run finishes the journaled batches);
-* ``health``: 0 OK · 1 LOW · 2 CRITICAL or EMPTY · 3 the health could not be checked;
-* ``worker``: 0 after a clean stop (SIGTERM or Ctrl-C) · 2 its metrics port is taken (nothing started).
+* ``refill``: 0 succeeded · 1 failed (reason printed and in refill_runs.error) · 2 usage error (an
+  unregistered program, --count without --pool) · 3 another run holds the pool's lease (its holder is
+  printed) · 4 interrupted (stopped or lease lost; nothing half-done, the next run finishes the journaled
+  batches). Without --pool every registered program is refilled, one after the other (one line, or one
+  JSON object per line, each), and the exit code is the worst of theirs: 1, then 4, then 3;
+* ``health``: 0 OK · 1 LOW · 2 CRITICAL or EMPTY · 3 the health could not be checked (or the program is
+  not registered);
+* ``worker``: 0 after a clean stop (SIGTERM or Ctrl-C) · 2 its metrics port is taken, or a program it was
+  given is not registered (nothing started).
 """
 
 from __future__ import annotations
@@ -22,22 +26,25 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from tokenpool.programs import UnknownProgram
 from tokenpool.refill.model import Outcome, RefillResult
 from tokenpool.settings import Settings, get_settings
 
 if TYPE_CHECKING:  # imported when used: keeps `tokenpool --help` fast
     from tokenpool.monitoring.health import PoolHealth
+    from tokenpool.refill.job import RefillDeps
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_USAGE = 2
 EXIT_LEASE_HELD = 3
 EXIT_INTERRUPTED = 4
 EXIT_HEALTH_UNKNOWN = 3
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # a refusal is one line, however long
 
-PoolOption = Annotated[str | None, typer.Option("--pool", help="Pool (card program); default from settings.")]
+PoolOption = Annotated[str | None, typer.Option("--pool", help="Program (its pool); default from settings.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 
 
@@ -49,29 +56,43 @@ def register(app: typer.Typer) -> None:
 
 
 def refill(
-    pool: PoolOption = None,
+    pool: Annotated[
+        str | None, typer.Option("--pool", help="The program to refill; default: every registered program.")
+    ] = None,
     count: Annotated[
-        int | None, typer.Option("--count", min=1, help="Add exactly N pairs instead of filling up to the target.")
+        int | None,
+        typer.Option("--count", min=1, help="Add exactly N pairs instead of filling up to the target (needs --pool)."),
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """One refill run: finish journaled batches, then fill the pool up to its target (or add --count N).
+    """One refill run per program: finish journaled batches, then fill the pool up to the program's target (or
+    add --count N). Without --pool: every registered program, one after the other.
 
-    Exit: 0 ok, 1 failed, 3 lease held by another run, 4 interrupted (safe to run again)."""
+    Exit: 0 ok, 1 failed, 2 unknown program, 3 lease held by another run, 4 interrupted (safe to run again)."""
     settings = get_settings()
-    name = pool or settings.default_pool
+    if count is not None and pool is None:
+        err_console.print("[red]refused:[/] --count adds exactly N pairs to one program: name it with --pool",
+                          highlight=False)
+        raise typer.Exit(EXIT_USAGE)
     show_progress = sys.stdout.isatty() and not as_json
-    result = asyncio.run(_refill(settings, name, count, show_progress))
-    if as_json:
-        typer.echo(json.dumps(result.as_dict(), default=str))
-    else:
-        line = (f"pool {name!r}: {result.outcome.value}, added {result.added:,} pairs"
+    try:
+        results = asyncio.run(_refill(settings, pool, count, show_progress))
+    except UnknownProgram as error:
+        err_console.print(f"[red]refused:[/] {error.detail}", highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    if not results:
+        err_console.print("no registered program: nothing to refill (tokenpool program add)", highlight=False)
+    for result in results:
+        if as_json:
+            typer.echo(json.dumps(result.as_dict(), default=str))
+            continue
+        line = (f"pool {result.pool!r}: {result.outcome.value}, added {result.added:,} pairs"
                 f" (recovered {result.recovered:,}) in {result.duration_s:.1f} s;"
                 f" target {result.target if result.target is not None else '-'}, {result.tome_requests} TOME requests")
         if result.error:
             line += f"; {result.error}"
         (console if result.outcome is Outcome.SUCCEEDED else err_console).print(line, highlight=False)
-    raise typer.Exit(_refill_exit_code(result.outcome))
+    raise typer.Exit(_worst_exit_code([result.outcome for result in results]))
 
 
 def _refill_exit_code(outcome: Outcome) -> int:
@@ -84,24 +105,44 @@ def _refill_exit_code(outcome: Outcome) -> int:
     return codes.get(outcome, EXIT_FAILED)
 
 
-async def _refill(settings: Settings, pool: str, count: int | None, show_progress: bool) -> RefillResult:
+def _worst_exit_code(outcomes: list[Outcome]) -> int:
+    """Of several runs: a failure first, then an interruption, then a held lease."""
+    severity = [EXIT_OK, EXIT_LEASE_HELD, EXIT_INTERRUPTED, EXIT_FAILED]
+    return max((_refill_exit_code(outcome) for outcome in outcomes), key=severity.index, default=EXIT_OK)
+
+
+async def _refill(settings: Settings, pool: str | None, count: int | None, show_progress: bool) -> list[RefillResult]:
+    from tokenpool import bootstrap
+
+    async with bootstrap.open_refill(settings) as deps:
+        if pool is not None:
+            return [await _refill_one(deps, pool, count, show_progress)]
+        names = [program.name for program in await deps.programs.registered()]
+        results = []
+        for name in names:
+            try:
+                results.append(await _refill_one(deps, name, None, show_progress))
+            except UnknownProgram:  # removed since the list was read
+                continue
+        return results
+
+
+async def _refill_one(deps: RefillDeps, pool: str, count: int | None, show_progress: bool) -> RefillResult:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from tokenpool import bootstrap
     from tokenpool.refill.job import refill_pool
     from tokenpool.refill.model import Trigger
 
-    async with bootstrap.open_refill(settings) as deps:
-        if not show_progress:
-            return await refill_pool(deps, pool, count=count, trigger=Trigger.CLI)
-        with Progress(TextColumn(f"refill {pool}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=True) as bar:
-            task = bar.add_task("pairs", total=None)
+    if not show_progress:
+        return await refill_pool(deps, pool, count=count, trigger=Trigger.CLI)
+    with Progress(TextColumn(f"refill {pool}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("pairs", total=None)
 
-            def progress(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
 
-            return await refill_pool(deps, pool, count=count, trigger=Trigger.CLI, progress=progress)
+        return await refill_pool(deps, pool, count=count, trigger=Trigger.CLI, progress=progress)
 
 
 def health(
@@ -116,6 +157,9 @@ def health(
     name = pool or settings.default_pool
     try:
         report = asyncio.run(_health(settings, name, alert))
+    except UnknownProgram as error:
+        err_console.print(f"[red]refused:[/] {error.detail}", highlight=False)
+        raise typer.Exit(EXIT_HEALTH_UNKNOWN) from None
     except Exception as exc:
         err_console.print(f"[red]health of pool {name!r} could not be checked:[/] {type(exc).__name__}: {exc}")
         raise typer.Exit(EXIT_HEALTH_UNKNOWN) from None
@@ -135,7 +179,9 @@ async def _health(settings: Settings, pool: str, alert: bool) -> PoolHealth:
     from tokenpool.monitoring.health import check_pool_health
 
     async with bootstrap.open_database(settings, max_size=2) as backend:
-        report = await check_pool_health(backend.store, backend.samples, settings, pool)
+        program = await backend.programs.require(pool)
+        report = await check_pool_health(backend.store, backend.samples, settings, pool,
+                                          target=program.target_in(settings))
         if alert:
             alerter = Alerter(settings)
             try:
@@ -147,7 +193,9 @@ async def _health(settings: Settings, pool: str, alert: bool) -> PoolHealth:
 
 def worker(
     pool: Annotated[
-        list[str] | None, typer.Option("--pool", help="Pool to keep filled (repeatable); default: settings.")
+        list[str] | None,
+        typer.Option("--pool", help="Program to keep filled (repeatable); default: TOKENPOOL_WORKER_POOLS, else "
+                     "every registered program (reread at each poll)."),
     ] = None,
     metrics_port: Annotated[
         int | None,
@@ -165,7 +213,7 @@ def worker(
     from tokenpool.entrypoints.worker import run_worker
 
     settings = get_settings()
-    pools = pool or settings.worker_pools or [settings.default_pool]
+    pools = pool or settings.worker_pools or None
     port = settings.worker_metrics_port if metrics_port is None else metrics_port
     raise typer.Exit(run_worker(settings, pools, port))
 

@@ -6,12 +6,20 @@ and TOME connection pool on every invocation. One loop per container, kept acros
 (Lambda freezes the process between them), lets the pool and the client be reused; the pool checks
 each connection before handing it out, since a frozen container's connection may have been dropped.
 
-The event: the EventBridge scheduled event (``detail`` is ``{}``); a rule with a constant input may
-pass ``{"pool": "...", "count": N}`` at the top level or in ``detail``. Logs are JSON lines on
-stderr; metrics are EMF lines on stdout (CloudWatch Logs turns them into metrics).
+The event: the EventBridge scheduled event (``detail`` is ``{}``): every registered program is refilled,
+one after the other, until the invocation's deadline approaches (the programs not started by then are
+listed as ``skipped``; the next invocation starts over). A rule with a constant input may name one program,
+``{"pool": "...", "count": N}`` at the top level or in ``detail`` (``count`` only with ``pool``); an
+unregistered one fails the invocation (:class:`tokenpool.programs.UnknownProgram`). Logs are JSON lines on
+stderr; metrics are EMF lines on stdout (CloudWatch Logs turns them into metrics), per program.
+
+The return value: for a named program its run's summary (as ``tokenpool refill --json``) with its health;
+for every program ``{"outcome", "added", "tome_requests", "programs": [summary, ...], "skipped": [...]}``,
+whose outcome is the worst of the runs (failed, lease_lost, stopped, skipped_lease_held, succeeded; a
+program skipped for the deadline counts as stopped).
 
 A deployment may run the Lambda and no worker, so each invocation also does the worker's other duties
-for its pool, best effort (a failure is logged, never fails the invocation): it quarantines lapsed
+for each program, best effort (a failure is logged, never fails the invocation): it quarantines lapsed
 reservations before the refill, and after it checks the pool's health and alerts on a change
 (``TOKENPOOL_ALERT_SNS_TOPIC_ARN`` / ``TOKENPOOL_ALERT_WEBHOOK_URL``), e.g. a refill that could not fill.
 """
@@ -29,8 +37,9 @@ from tokenpool.monitoring.alerts import Alerter
 from tokenpool.monitoring.health import check_pool_health
 from tokenpool.observability.logging import configure_logging, get_logger
 from tokenpool.pool.model import PairStatus
+from tokenpool.programs import UnknownProgram
 from tokenpool.refill.job import RefillDeps, refill_pool
-from tokenpool.refill.model import Trigger
+from tokenpool.refill.model import Outcome, RefillResult, Trigger
 from tokenpool.refill.reporting import emf_documents
 from tokenpool.settings import Settings, get_settings
 from tokenpool.tome.client import TomeClient
@@ -61,11 +70,15 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     structlog.contextvars.bind_contextvars(correlation_id=request_id or None)
     raw_detail = event.get("detail")
     detail: dict[str, Any] = raw_detail if isinstance(raw_detail, dict) else {}
-    pool = str(event.get("pool") or detail.get("pool") or settings.default_pool)
+    named = event.get("pool") or detail.get("pool")
+    pool = str(named) if named else None
     raw_count = event.get("count", detail.get("count"))
     count = int(raw_count) if raw_count is not None else None
-    log.info("lambda.invoked", pool=pool, count=count, source=event.get("source"),
+    log.info("lambda.invoked", pool=pool or "every registered program", count=count, source=event.get("source"),
              detail_type=event.get("detail-type"), scheduled_at=event.get("time"), resources=event.get("resources"))
+    if count is not None and pool is None:
+        log.error("lambda.refused", reason="count without pool")
+        raise ValueError("the event's count adds exactly N pairs to one program: name it with pool")
 
     loop = _event_loop()
     deps = loop.run_until_complete(_deps(settings))
@@ -76,10 +89,39 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         timer = loop.call_later(max(0.0, remaining_ms / 1000 - DEADLINE_MARGIN_S), stop.set)
     try:
         loop.run_until_complete(_expire_lapsed_leases(deps))
-        result = loop.run_until_complete(refill_pool(deps, pool, count=count, trigger=Trigger.LAMBDA, stop=stop))
+        if pool is not None:
+            return _refill_one(loop, deps, settings, context, pool, count, stop)
+        names = [program.name for program in loop.run_until_complete(deps.programs.registered())]
+        summaries: list[dict[str, Any]] = []
+        skipped: list[str] = []
+        for name in names:
+            if stop.is_set():
+                skipped.append(name)
+                continue
+            try:
+                summaries.append(_refill_one(loop, deps, settings, context, name, None, stop))
+            except UnknownProgram:  # removed since the list was read
+                continue
     finally:
         if timer is not None:
             timer.cancel()
+    if skipped:
+        log.warning("lambda.programs_skipped", programs=skipped, reason="the invocation's deadline is near")
+    outcomes = [Outcome(summary["outcome"]) for summary in summaries] + [Outcome.STOPPED] * bool(skipped)
+    return {
+        "outcome": worst_outcome(outcomes).value,
+        "added": sum(summary["added"] for summary in summaries),
+        "tome_requests": sum(summary["tome_requests"] for summary in summaries),
+        "programs": summaries,
+        "skipped": skipped,
+    }
+
+
+def _refill_one(loop: asyncio.AbstractEventLoop, deps: RefillDeps, settings: Settings, context: Any, pool: str,
+                count: int | None, stop: asyncio.Event) -> dict[str, Any]:
+    """One program's run, its metrics and its health: the summary of a run."""
+    result: RefillResult = loop.run_until_complete(
+        refill_pool(deps, pool, count=count, trigger=Trigger.LAMBDA, stop=stop))
     counts = loop.run_until_complete(_counts(deps, pool))
     emit(settings.emf_namespace, emf_documents(result, counts))
     summary = result.as_dict()
@@ -87,6 +129,15 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     budget_s = None if remaining_ms is None else remaining_ms / 1000 - HEALTH_CHECK_MARGIN_S
     summary["health"] = loop.run_until_complete(_check_health(deps, settings, pool, budget_s))
     return summary
+
+
+_SEVERITY = [Outcome.SUCCEEDED, Outcome.SKIPPED_LEASE_HELD, Outcome.STOPPED, Outcome.LEASE_LOST, Outcome.FAILED]
+
+
+def worst_outcome(outcomes: list[Outcome]) -> Outcome:
+    """The outcome of several runs: the worst of theirs (none: succeeded)."""
+    return max(outcomes, key=lambda outcome: _SEVERITY.index(outcome) if outcome in _SEVERITY else len(_SEVERITY),
+               default=Outcome.SUCCEEDED)
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
@@ -127,7 +178,9 @@ async def _check_health(deps: RefillDeps, settings: Settings, pool: str, budget_
         return None
     try:
         async with asyncio.timeout(budget_s):
-            health = await check_pool_health(deps.store, deps.samples, settings, pool)
+            program = await deps.programs.get(pool)
+            target = program.target_in(settings) if program is not None else None
+            health = await check_pool_health(deps.store, deps.samples, settings, pool, target=target)
             if settings.alert_sns_topic_arn or settings.alert_webhook_url:
                 if _alerter is None:
                     _alerter = Alerter(settings)

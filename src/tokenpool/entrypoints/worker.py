@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 
 from prometheus_client import start_http_server
 
@@ -19,9 +20,11 @@ log = get_logger(__name__)
 
 
 EXIT_METRICS_PORT_UNAVAILABLE = 2
+EXIT_UNKNOWN_PROGRAM = 2
 
 
-def run_worker(settings: Settings, pools: list[str], metrics_port: int) -> int:
+def run_worker(settings: Settings, pools: list[str] | None, metrics_port: int) -> int:
+    """``pools``: the programs to keep; None: every registered program. Returns the exit code."""
     if metrics_port:
         host = settings.worker_metrics_host
         try:
@@ -30,8 +33,7 @@ def run_worker(settings: Settings, pools: list[str], metrics_port: int) -> int:
             log.error("worker.metrics_unavailable", host=host, port=metrics_port, error=exc.strerror or str(exc))
             return EXIT_METRICS_PORT_UNAVAILABLE
         log.info("worker.metrics", host=host, port=metrics_port)
-    asyncio.run(_serve(settings, pools))
-    return 0
+    return asyncio.run(_serve(settings, pools))
 
 
 def start_metrics_server(host: str, port: int) -> None:
@@ -41,7 +43,7 @@ def start_metrics_server(host: str, port: int) -> None:
     start_http_server(port, addr=host)
 
 
-async def _serve(settings: Settings, pools: list[str]) -> None:
+async def _serve(settings: Settings, pools: list[str] | None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -50,6 +52,13 @@ async def _serve(settings: Settings, pools: list[str]) -> None:
     try:
         async with (emf_reporting(settings, WORKER_FIGURES, process="worker"),
                     bootstrap.open_refill(settings) as deps):
+            registered = {program.name for program in await deps.programs.registered()}
+            if unknown := [name for name in pools or [] if name not in registered]:
+                message = (f"not registered: {', '.join(repr(name) for name in unknown)} "
+                           "(tokenpool program add, or drop it from --pool / TOKENPOOL_WORKER_POOLS)")
+                log.error("worker.unknown_programs", programs=unknown)
+                print(f"refused: {message}", file=sys.stderr)  # the one line an operator reads
+                return EXIT_UNKNOWN_PROGRAM
             worker = RefillWorker(deps, pools, alerter=alerter, stop=stop)
             running = asyncio.create_task(worker.run(), name="refill-worker")
             stopping = asyncio.create_task(stop.wait())
@@ -65,6 +74,7 @@ async def _serve(settings: Settings, pools: list[str]) -> None:
             stopping.cancel()
     finally:
         await alerter.aclose()
+    return 0
 
 
 def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:

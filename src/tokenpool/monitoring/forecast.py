@@ -36,7 +36,10 @@ def capped_target(configured: int, expected: int, max_factor: float) -> int:
     return max(configured, min(expected, math.floor(configured * max_factor)))
 
 
-def fill_target(rate_per_hour: float | None, settings: Settings) -> tuple[int, int]:
-    """(forecast, target) for a pool consumed at ``rate_per_hour``: what the refill plans and health reads."""
+def fill_target(rate_per_hour: float | None, settings: Settings, configured: int | None = None) -> tuple[int, int]:
+    """(forecast, target) for a pool consumed at ``rate_per_hour``: what the refill plans and health reads.
+
+    ``configured``: the program's refill target (None: ``settings.refill_target``)."""
     expected = forecast(rate_per_hour, settings.refill_interval_s, settings.refill_safety_factor)
-    return expected, capped_target(settings.refill_target, expected, settings.refill_forecast_max_factor)
+    base = settings.refill_target if configured is None else configured
+    return expected, capped_target(base, expected, settings.refill_forecast_max_factor)

@@ -23,7 +23,7 @@ from tokenpool.db.pool_store import PostgresTokenPool
 from tokenpool.monitoring.consumption import observe
 from tokenpool.monitoring.forecast import fill_target
 from tokenpool.observability.metrics import POOL_HEALTH, POOL_HOURS_LEFT, POOL_PAIRS
-from tokenpool.pool.model import PairStatus
+from tokenpool.pool.model import PairStatus, PoolStats
 from tokenpool.settings import Settings
 
 
@@ -97,9 +97,20 @@ class PoolHealth:
         }
 
 
+def assess(stats: PoolStats, rate: float | None, settings: Settings,
+           configured_target: int | None = None) -> PoolHealth:
+    """The health of a pool from its counts and consumption rate, read elsewhere (no I/O, no sample recorded)."""
+    _forecast, target = fill_target(rate, settings, configured_target)
+    status = classify(stats.available, target, rate, Thresholds.from_settings(settings))
+    counts = {s.value.lower(): stats.count(s) for s in PairStatus} | {"total": stats.total}
+    return PoolHealth(stats.pool, status, target, counts, rate, hours_left(stats.available, rate))
+
+
 async def check_pool_health(store: PostgresTokenPool, samples: MonitoringStore, settings: Settings,
-                            pool: str, *, publish: bool = True) -> PoolHealth:
+                            pool: str, *, publish: bool = True, target: int | None = None) -> PoolHealth:
     """Reads the cheap counters (and records a consumption sample); never scans token_pool.
+
+    ``target``: the program's refill target (None: ``settings.refill_target``).
 
     ``publish`` sets the process's health gauges. The API answers ``GET /v1/pools/{p}`` with
     ``publish=False``: it checks on demand, not on a schedule, and a gauge it set once would be scraped
@@ -108,15 +119,12 @@ async def check_pool_health(store: PostgresTokenPool, samples: MonitoringStore, 
     observation = await observe(store, samples, settings, pool)
     stats = observation.stats
     rate = observation.consumption_per_hour
-    _forecast, target = fill_target(rate, settings)
-    status = classify(stats.available, target, rate, Thresholds.from_settings(settings))
-    counts = {s.value.lower(): stats.count(s) for s in PairStatus} | {"total": stats.total}
-    health = PoolHealth(pool, status, target, counts, rate, hours_left(stats.available, rate))
+    health = assess(stats, rate, settings, target)
     if not publish:
         return health
     for pair_status in PairStatus:
         POOL_PAIRS.labels(pool, pair_status.value.lower()).set(stats.count(pair_status))
-    POOL_HEALTH.labels(pool).set(status.severity)
+    POOL_HEALTH.labels(pool).set(health.status.severity)
     # No measurable consumption: unbounded. Leaving the last value would keep a stale "2 h left" (and an
     # alert on it) after consumption stopped.
     POOL_HOURS_LEFT.labels(pool).set(math.inf if health.hours_left is None else health.hours_left)

@@ -6,6 +6,9 @@ reads alike whichever runtime produced the figures.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 # --- The pool ---------------------------------------------------------------------------------------
@@ -118,3 +121,14 @@ DB_OLDEST_TRANSACTION = Gauge(
     "tokenpool_db_oldest_transaction_seconds",
     "Age of the oldest open transaction in the database (its snapshot holds back VACUUM); alarm above 60 s.",
 )
+
+
+def forget_pools(pools: Iterable[str]) -> None:
+    """Drops the gauge series of pools no longer registered as programs (counters keep their totals)."""
+    for pool in pools:
+        for gauge in (POOL_HEALTH, POOL_HOURS_LEFT, POOL_AVAILABLE_BEFORE_REFILL):
+            with contextlib.suppress(KeyError):
+                gauge.remove(pool)
+        for status in ("available", "reserved", "used", "expired"):
+            with contextlib.suppress(KeyError):
+                POOL_PAIRS.remove(pool, status)

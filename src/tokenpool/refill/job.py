@@ -1,6 +1,8 @@
 """``refill_pool``: the one refill routine behind the CLI, the Lambda handler and the worker.
 
-A run: take the pool's lease (or report who holds it) -> finish every batch an earlier run left
+A run is for one registered program (its pool): it reads the program's refill target and TOME namespaces
+when it starts (an unregistered name raises :class:`tokenpool.programs.UnknownProgram`, before any lease or
+TOME call). Then: take the pool's lease (or report who holds it) -> finish every batch an earlier run left
 unfinished -> decide how many pairs to add (target = max(configured, capped forecast), or exactly --count)
 -> issue, record, tokenize and load them batch by batch, within the TOME budget -> record the run.
 Crash safety comes from the TOME journal (tokenpool.issuance); see docs/refill.md.
@@ -21,6 +23,7 @@ from tokenpool.db.journal_store import JournalStore, RunRecord, RunResultRecord,
 from tokenpool.db.lease_store import LeaseStore
 from tokenpool.db.monitoring_store import MonitoringStore
 from tokenpool.db.pool_store import PostgresTokenPool
+from tokenpool.db.program_store import ProgramStore
 from tokenpool.issuance import TomePairs
 from tokenpool.monitoring.consumption import observe
 from tokenpool.monitoring.forecast import fill_target
@@ -35,6 +38,7 @@ from tokenpool.observability.metrics import (
     REFILL_TOME_REQUESTS,
 )
 from tokenpool.pool.model import PairStatus, TokenPair
+from tokenpool.programs import UnknownProgram
 from tokenpool.refill.budget import BudgetedTome, CountingTome, TomeBudget
 from tokenpool.refill.lease import RefillLease, new_holder_id
 from tokenpool.refill.model import LeaseHeld, LeaseLost, Outcome, RefillPlan, RefillResult, Trigger
@@ -56,6 +60,7 @@ class RefillDeps:
     leases: LeaseStore
     samples: MonitoringStore
     tome: CountingTome
+    programs: ProgramStore
 
 
 async def refill_pool(
@@ -67,8 +72,9 @@ async def refill_pool(
     stop: asyncio.Event | None = None,
     progress: Progress | None = None,
 ) -> RefillResult:
-    """One refill run of ``pool``. Never raises for a failed run: the result says how it ended
-    (a cancellation, e.g. the worker's shutdown, is recorded as ``stopped`` and re-raised)."""
+    """One refill run of the registered program ``pool``. Never raises for a failed run: the result says how
+    it ended (a cancellation, e.g. the worker's shutdown, is recorded as ``stopped`` and re-raised). Raises
+    :class:`UnknownProgram` when ``pool`` is not a registered program: nothing was done."""
     run = _Run(deps, pool, count, trigger, stop or asyncio.Event(), progress)
     return await run.execute()
 
@@ -85,6 +91,8 @@ class _Run:
         self.progress = progress
         self.journal = deps.journal
         self.budget = TomeBudget(self.settings.refill_tome_max_rps, self.settings.refill_tome_max_in_flight)
+        # The program's own target and namespaces replace these when the run starts (_resolve_program).
+        self.configured_target = self.settings.refill_target
         self.pairs = TomePairs(BudgetedTome(deps.tome, self.budget), deps.journal, self.settings.tome_ns1,
                                self.settings.tome_ns2)
         self.result = RefillResult(run_id=uuid.uuid4(), pool=pool, outcome=Outcome.RUNNING)
@@ -96,9 +104,11 @@ class _Run:
     async def execute(self) -> RefillResult:
         started = time.monotonic()
         requests_before = self.deps.tome.requests_made
-        log.info("refill.run_started", pool=self.pool, run_id=str(self.result.run_id), trigger=self.trigger.value,
-                 holder=self.lease.holder, count=self.explicit_count)
         try:
+            await self._resolve_program()
+            log.info("refill.run_started", pool=self.pool, run_id=str(self.result.run_id),
+                     trigger=self.trigger.value, holder=self.lease.holder, count=self.explicit_count,
+                     configured_target=self.configured_target, namespaces=self.pairs.namespaces)
             async with self.lease.held():
                 await self.journal.start_run(self._run_record(Outcome.RUNNING))
                 try:
@@ -126,6 +136,9 @@ class _Run:
             except Exception as record_error:
                 log.warning("refill.run_record_failed", pool=self.pool, error=_reason(record_error))
             self._metrics()
+        except UnknownProgram:
+            log.error("refill.unknown_program", pool=self.pool)
+            raise
         except Exception as exc:
             # The database failed before the run could start (lease or run row): nothing was done, and
             # nothing can be recorded there; the result, the log and the metrics still say why.
@@ -135,6 +148,11 @@ class _Run:
             self._metrics()
         log.info("refill.run_finished", **self.result.as_dict())
         return self.result
+
+    async def _resolve_program(self) -> None:
+        program = await self.deps.programs.require(self.pool)
+        self.configured_target = program.target_in(self.settings)
+        self.pairs = self.pairs.on(program.ns1_in(self.settings), program.ns2_in(self.settings))
 
     async def _work(self) -> None:
         # 1. Whatever an earlier run left unfinished comes first (it may be most of what we need).
@@ -147,7 +165,8 @@ class _Run:
         self.result.plan, self.result.target, self.result.requested = plan, plan.target, plan.count
         self._planned = plan.count
         log.info("refill.plan", pool=self.pool, run_id=str(self.result.run_id), available=plan.available,
-                 target=plan.target, forecast=plan.forecast, count=plan.count,
+                 target=plan.target, configured_target=plan.configured_target, namespaces=self.pairs.namespaces,
+                 forecast=plan.forecast, count=plan.count,
                  consumption_per_hour=plan.consumption_per_hour)
 
         # 3. New batches, a few at a time (more in flight than the TOME budget allows would only queue).
@@ -184,15 +203,16 @@ class _Run:
         observation = await observe(self.deps.store, self.deps.samples, self.settings, self.pool)
         await self.deps.samples.prune_samples(self.pool, self.settings.refill_sample_keep_s)
         rate = observation.consumption_per_hour
-        expected, target = fill_target(rate, self.settings)
+        expected, target = fill_target(rate, self.settings, self.configured_target)
         available = observation.stats.available
         explicit = self.explicit_count is not None
         count = self.explicit_count if self.explicit_count is not None else pairs_to_add(available, target)
-        return RefillPlan(available, self.settings.refill_target, expected, rate, count, target, explicit)
+        return RefillPlan(available, self.configured_target, expected, rate, count, target, explicit)
 
     async def _new_batch(self, size: int) -> None:
         batch_id = uuid.uuid4()
-        await self.journal.record_intent(batch_id, self.pool, size, self.result.run_id)
+        ns1, ns2 = self.pairs.namespaces
+        await self.journal.record_intent(batch_id, self.pool, size, self.result.run_id, ns1=ns1, ns2=ns2)
         log.info("refill.batch_intent", pool=self.pool, batch_id=str(batch_id), count=size)
         tokens = await self.pairs.issue(batch_id, size, correlation_id=f"refill-{batch_id}")
         await self.journal.record_issued(batch_id, tokens)

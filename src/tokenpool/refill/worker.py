@@ -6,6 +6,10 @@ Low watermark by short poll, not LISTEN/NOTIFY: the poll reads the trigger-kept 
 rows) every ``worker_poll_s``, costs nothing measurable, needs no change on the claim path and works
 on CockroachDB, which has no LISTEN/NOTIFY. Its delay (one poll interval) is small against the hours
 a pool lasts.
+
+Which pools: the programs it was given, or (none given) every registered program, reread at each poll: a
+program added while the worker runs is refilled at its next poll, a removed one is dropped (its gauges
+with it). A given program that is not (or no longer) registered is skipped with a warning at each poll.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from tokenpool.db.retention import prune, publish_oldest_transaction_age
 from tokenpool.monitoring.alerts import Alerter
 from tokenpool.monitoring.health import check_pool_health
 from tokenpool.observability.logging import get_logger
-from tokenpool.observability.metrics import DB_OLDEST_TRANSACTION
+from tokenpool.observability.metrics import DB_OLDEST_TRANSACTION, forget_pools
+from tokenpool.programs import Program
 from tokenpool.refill.job import RefillDeps, refill_pool
 from tokenpool.refill.model import Outcome, Trigger
 
@@ -31,22 +36,26 @@ _FIRST_RETRY_S = 5.0
 
 
 class RefillWorker:
-    def __init__(self, deps: RefillDeps, pools: list[str], *, alerter: Alerter | None = None,
+    def __init__(self, deps: RefillDeps, pools: list[str] | None = None, *, alerter: Alerter | None = None,
                  stop: asyncio.Event | None = None) -> None:
+        """``pools``: the programs to keep; None or empty: every registered program."""
         self.deps = deps
         self.settings = deps.settings
-        self.pools = pools
+        self.pools = list(pools) if pools else None
         self.alerter = alerter
         self.stop = stop or asyncio.Event()
-        now = time.monotonic()
-        self._next_scheduled = dict.fromkeys(pools, now)  # a starting worker refills at once
-        self._not_before = dict.fromkeys(pools, now)  # backoff after a failed run
-        self._failures = dict.fromkeys(pools, 0)
+        # Per program kept, filled in when the worker first sees it (_track).
+        self._next_scheduled: dict[str, float] = {}  # a program seen for the first time is refilled at once
+        self._not_before: dict[str, float] = {}  # backoff after a failed run
+        self._failures: dict[str, int] = {}
+        self.kept: list[str] = []  # the programs of the last poll
+        self._polled = False
         self.runs: list[tuple[str, Trigger, Outcome]] = []  # for observability and tests
 
     async def run(self) -> None:
         """Returns once ``stop`` is set and the current refill (if any) has finished its batches."""
-        log.info("worker.started", pools=self.pools, interval_s=self.settings.refill_interval_s,
+        log.info("worker.started", pools=self.pools or "every registered program",
+                 interval_s=self.settings.refill_interval_s,
                  poll_s=self.settings.worker_poll_s)
         async with asyncio.TaskGroup() as group:
             group.create_task(self._janitor())
@@ -90,17 +99,55 @@ class RefillWorker:
 
     async def _refiller(self) -> None:
         while not self.stop.is_set():
-            for pool in self.pools:
-                if self.stop.is_set():
-                    break
-                try:
-                    await self._tend(pool)
-                except Exception as exc:  # the database is down: keep the worker up, try next poll
-                    log.warning("worker.poll_failed", pool=pool, error=f"{type(exc).__name__}: {exc}")
+            try:
+                programs = await self._programs()
+            except Exception as exc:  # the database is down: keep the worker up, try next poll
+                log.warning("worker.poll_failed", error=f"{type(exc).__name__}: {exc}")
+                programs = None
+            if programs is not None:
+                self._track(programs)
+                for program in programs:
+                    if self.stop.is_set():
+                        break
+                    try:
+                        await self._tend(program)
+                    except Exception as exc:  # the database is down: keep the worker up, try next poll
+                        log.warning("worker.poll_failed", pool=program.name, error=f"{type(exc).__name__}: {exc}")
             await self._sleep(self.settings.worker_poll_s)
 
-    async def _tend(self, pool: str) -> None:
-        health = await check_pool_health(self.deps.store, self.deps.samples, self.settings, pool)
+    async def _programs(self) -> list[Program]:
+        """The programs this poll keeps: the registered ones, or those of them the worker was given."""
+        registered = await self.deps.programs.registered()
+        if self.pools is None:
+            return registered
+        by_name = {program.name: program for program in registered}
+        if missing := [name for name in self.pools if name not in by_name]:
+            log.warning("worker.unknown_programs", programs=missing,
+                        reason="not registered (tokenpool program add): not refilled")
+        return [by_name[name] for name in self.pools if name in by_name]
+
+    def _track(self, programs: list[Program]) -> None:
+        names = [program.name for program in programs]
+        now = time.monotonic()
+        for name in names:
+            if name not in self._next_scheduled:
+                if self._polled:  # a program added (or registered again) while the worker runs
+                    log.info("worker.program_added", pool=name)
+                self._next_scheduled[name] = now
+                self._not_before[name] = now
+                self._failures[name] = 0
+        if dropped := [name for name in self._next_scheduled if name not in names]:
+            log.info("worker.programs_dropped", pools=dropped, reason="no longer registered")
+            for name in dropped:
+                del self._next_scheduled[name], self._not_before[name], self._failures[name]
+            forget_pools(dropped)
+        self.kept = names
+        self._polled = True
+
+    async def _tend(self, program: Program) -> None:
+        pool = program.name
+        health = await check_pool_health(self.deps.store, self.deps.samples, self.settings, pool,
+                                          target=program.target_in(self.settings))
         if self.alerter is not None:
             await self.alerter.on_health(self.deps.samples, health)
         now = time.monotonic()

@@ -22,6 +22,7 @@ from tokenpool.db.vault_store import Vault, VaultStore
 from tokenpool.observability.logging import get_logger
 from tokenpool.observability.masking import mask_text
 from tokenpool.pool.errors import LeaseExpired, PoolError, ReservationConflict, UnknownReservation
+from tokenpool.programs import ProgramError, UnknownProgram
 from tokenpool.service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from tokenpool.service.problems import install_problem_handlers, problem_response
 from tokenpool.service.routes import cards, detokenize, operations, reservations
@@ -41,7 +42,7 @@ log = get_logger("tokenpool.service")
 _STATUS: dict[type[Exception], int] = {
     UnknownReservation: 404, LeaseExpired: 410, ReservationConflict: 409, PoolError: 409,
     IdempotencyKeyInUse: 409, IdempotencyKeyReused: 422, TemporarilyUnavailable: 503,
-    InvalidValue: 422,
+    InvalidValue: 422, UnknownProgram: 422,
 }
 
 
@@ -96,7 +97,7 @@ def create_app(settings: Settings, *, database_url: str, tome_factory: TomeFacto
                                 "quote the correlation id.")
 
     app.add_exception_handler(DatabaseUnavailable, on_database_unavailable)
-    for kind in (PoolError, CardError, DatabaseError):
+    for kind in (PoolError, CardError, DatabaseError, ProgramError):
         app.add_exception_handler(kind, on_domain_error)
     app.add_exception_handler(VaultError, on_vault_error)
     # Added last = outermost: the correlation id is set before the body limit can answer.

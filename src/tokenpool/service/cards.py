@@ -35,6 +35,7 @@ from tokenpool.issuance import JournaledPair, PairReclaimed, TomePairs
 from tokenpool.observability.logging import get_logger
 from tokenpool.observability.metrics import CARD_REPLAYS, CARDS_CREATED, TOME_CALLS_AVOIDED
 from tokenpool.pool.errors import PoolExhausted
+from tokenpool.programs import ProgramCatalog
 from tokenpool.service.auth import Principal
 from tokenpool.service.runtime_config import RuntimeConfig
 from tokenpool.settings import Settings
@@ -67,7 +68,7 @@ def _retry_after(error: TomeError, default_s: float) -> float:
 class CardService:
     def __init__(
         self, db: Database, store: PostgresTokenPool, cards: CardStore, pairs: TomePairs, vault: Vault,
-        config: RuntimeConfig, settings: Settings,
+        config: RuntimeConfig, settings: Settings, programs: ProgramCatalog,
     ) -> None:
         self._db = db
         self._store = store
@@ -76,6 +77,7 @@ class CardService:
         self._vault = vault
         self._config = config
         self._settings = settings
+        self._programs = programs
         self._splitter = TrafficSplitter()
         self._batcher: CardBatcher[PoolCardOrder, PoolCardOutcome] = CardBatcher(
             self._create_many_from_pool, isolate=lambda error: not isinstance(error, DatabaseUnavailable))
@@ -89,7 +91,12 @@ class CardService:
             return await self._cards.get(conn, card_id)
 
     async def create(self, order: CardOrder) -> tuple[Card, bool]:
-        """The card and whether it was created now (False: an Idempotency-Key replay)."""
+        """The card and whether it was created now (False: an Idempotency-Key replay).
+
+        Raises :class:`tokenpool.programs.UnknownProgram` first of all for an unregistered program: nothing
+        is written for it and TOME is not asked."""
+        program = await self._programs.require(order.program)
+        pairs = self._pairs.on(program.ns1_in(self._settings), program.ns2_in(self._settings))
         if not self._vault.loaded:
             async with self._db.guard():
                 await self._vault.ready()
@@ -97,8 +104,8 @@ class CardService:
         percent = await self._config.pool_traffic_percent()
         try:
             if self._splitter.choose(percent) is TokenSource.POOL:
-                return await self._create_routed_to_pool(order, claim)
-            return await self._create_routed_to_tome(order, claim, pool_allowed=percent > 0)
+                return await self._create_routed_to_pool(order, claim, pairs)
+            return await self._create_routed_to_tome(order, claim, pairs, pool_allowed=percent > 0)
         except _KeyTaken:
             existing = await self._existing(order, claim)
             if existing is None:  # the winner's row is committed before _KeyTaken is raised
@@ -112,7 +119,8 @@ class CardService:
         return IdempotencyClaim(order.principal.api_key_id, order.idempotency_key,
                                 self._vault.digest(_fingerprint(order).hex()))
 
-    async def _create_routed_to_pool(self, order: CardOrder, claim: IdempotencyClaim) -> tuple[Card, bool]:
+    async def _create_routed_to_pool(self, order: CardOrder, claim: IdempotencyClaim,
+                                     pairs: TomePairs) -> tuple[Card, bool]:
         # No look-up of the Idempotency-Key first: the card statement takes the key itself, and a replay's
         # statement finds it taken (one round trip either way).
         try:
@@ -122,7 +130,7 @@ class CardService:
         if (replayed := await self._replayed(order, claim)) is not None:
             return replayed, False  # a replay must not cost a TOME call
         try:
-            journaled = await self._pairs.one_pair(order.program)
+            journaled = await pairs.one_pair(order.program)
         except TomeError as error:
             log.warning("card.pool_empty.tome_down", program=order.program, error=str(error)[:200])
             raise TemporarilyUnavailable(
@@ -132,12 +140,12 @@ class CardService:
             ) from error
         return await self._create_from_tome_pair(order, claim, journaled), True
 
-    async def _create_routed_to_tome(self, order: CardOrder, claim: IdempotencyClaim, *,
+    async def _create_routed_to_tome(self, order: CardOrder, claim: IdempotencyClaim, pairs: TomePairs, *,
                                      pool_allowed: bool) -> tuple[Card, bool]:
         if (replayed := await self._replayed(order, claim)) is not None:
             return replayed, False  # a replay must not cost a TOME call
         try:
-            journaled = await self._pairs.one_pair(order.program)
+            journaled = await pairs.one_pair(order.program)
         except TomeError as error:
             if not pool_allowed:  # traffic percent 0 is a rollback: the pool stays out of it
                 raise TemporarilyUnavailable(

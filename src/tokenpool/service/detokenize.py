@@ -2,7 +2,9 @@
 
 The database answers for every pair the pool ever held (including pairs fetched from TOME for cards)
 and for pairs learned from NS2 before. The rest go to NS2 in one batched call; what it answers is
-stored, so the next lookup of those refs is local.
+stored, so the next lookup of those refs is local. A request names no program, so "NS2" is every NS2 the
+registered programs use (distinct; usually one): the misses go to the first, what it does not know to the
+next, and so on.
 
 When TOME is unavailable the request still succeeds with what the database knew: the other refs
 come back null with ``source: null``, ``complete: false`` and a ``TOME_UNAVAILABLE`` warning. Only
@@ -25,6 +27,7 @@ from tokenpool.db.token_lookup_store import TokenLookupStore
 from tokenpool.db.vault_store import Vault
 from tokenpool.observability.logging import get_logger
 from tokenpool.observability.metrics import DETOKENIZED_REFS, TOME_CALLS_AVOIDED
+from tokenpool.programs import ProgramCatalog
 from tokenpool.service.auth import Principal
 from tokenpool.service.tome_port import TomePort
 from tokenpool.settings import Settings
@@ -50,13 +53,34 @@ class DetokenizeOutcome:
 
 class DetokenizeService:
     def __init__(self, db: Database, lookups: TokenLookupStore, audit: AuditStore, vault: Vault, tome: TomePort,
-                 settings: Settings) -> None:
+                 settings: Settings, programs: ProgramCatalog) -> None:
         self._db = db
         self._lookups = lookups
         self._audit = audit
         self._vault = vault
         self._tome = tome
         self._settings = settings
+        self._programs = programs
+
+    async def ns2_namespaces(self) -> list[str]:
+        """The NS2 of every registered program, distinct, the settings' own first; the settings' alone when no
+        program is registered (the refs a deployment ever made are still TOME's)."""
+        found = [program.ns2_in(self._settings) for program in await self._programs.registered()]
+        default = self._settings.tome_ns2
+        ordered = ([default] if default in found or not found else []) + sorted(set(found) - {default})
+        return ordered
+
+    async def _from_tome(self, misses: list[str], learned: dict[str, str]) -> None:
+        """Adds to ``learned`` what the programs' NS2 namespaces know of ``misses``: each asked (one batched
+        call) only for the refs the ones before did not know. Raises :class:`TomeError` if a call fails (what
+        the namespaces before it answered stays in ``learned``)."""
+        left = misses
+        for namespace in await self.ns2_namespaces():
+            values = await self._tome.detokenize(namespace, left)
+            learned.update({ref: value for ref, value in zip(left, values, strict=True) if value is not None})
+            left = [ref for ref in left if ref not in learned]
+            if not left:
+                break
 
     async def detokenize(
         self, refs: list[str], principal: Principal, correlation_id: str, client_addr: str | None
@@ -74,8 +98,7 @@ class DetokenizeService:
         tome_ok = True
         if misses:
             try:
-                values = await self._tome.detokenize(self._settings.tome_ns2, misses)
-                learned = {ref: value for ref, value in zip(misses, values, strict=True) if value is not None}
+                await self._from_tome(misses, learned)
             except TomeError as error:
                 tome_ok = False
                 log.warning("detokenize.tome_down", misses=len(misses), error=str(error)[:200])

@@ -22,6 +22,7 @@ from tokenpool.observability.logging import get_logger
 from tokenpool.pool.claim_batcher import ClaimBatcher
 from tokenpool.pool.errors import PoolExhausted
 from tokenpool.pool.model import Reservation
+from tokenpool.programs import ProgramCatalog
 from tokenpool.settings import Settings
 from tokenpool.tome.contract import TomeError
 
@@ -29,14 +30,18 @@ log = get_logger("tokenpool.service.reservations")
 
 
 class ReservationService:
-    def __init__(self, db: Database, store: PostgresTokenPool, pairs: TomePairs, settings: Settings) -> None:
+    def __init__(self, db: Database, store: PostgresTokenPool, pairs: TomePairs, settings: Settings,
+                 programs: ProgramCatalog) -> None:
         self._db = db
         self._store = store
         self._pairs = pairs
         self._settings = settings
+        self._programs = programs
         self._batcher = ClaimBatcher(store)
 
     async def reserve(self, program: str) -> tuple[Reservation, TokenSource]:
+        """Raises :class:`tokenpool.programs.UnknownProgram` first of all for an unregistered program."""
+        registered = await self._programs.require(program)
         try:
             async with self._db.guard():
                 reservation = await self._batcher.reserve(program, self._settings.lease_seconds)
@@ -44,7 +49,8 @@ class ReservationService:
         except PoolExhausted:
             log.info("reservation.pool_empty.tome_fallback", program=program)
         try:
-            journaled = await self._pairs.one_pair(program)
+            pairs = self._pairs.on(registered.ns1_in(self._settings), registered.ns2_in(self._settings))
+            journaled = await pairs.one_pair(program)
         except TomeError as error:
             raise TemporarilyUnavailable(
                 "POOL_EXHAUSTED_TOME_UNAVAILABLE",

@@ -12,9 +12,11 @@ from tokenpool.db.database import Database
 from tokenpool.db.journal_store import JournalStore
 from tokenpool.db.monitoring_store import MonitoringStore
 from tokenpool.db.pool_store import PostgresTokenPool
+from tokenpool.db.program_store import ProgramStore
 from tokenpool.db.token_lookup_store import TokenLookupStore
 from tokenpool.db.vault_store import Vault
 from tokenpool.issuance import TomePairs
+from tokenpool.programs import ProgramCatalog
 from tokenpool.service.auth import ApiKeys
 from tokenpool.service.cards import CardService
 from tokenpool.service.client_address import ClientAddresses, parse_trusted_proxies
@@ -34,6 +36,7 @@ class Components:
     store: PostgresTokenPool
     samples: MonitoringStore
     tome: TomePort
+    programs: ProgramCatalog
     api_keys: ApiKeys
     runtime_config: RuntimeConfig
     cards: CardService
@@ -46,7 +49,12 @@ class Components:
 def build_components(settings: Settings, db: Database, vault: Vault, tome: TomePort) -> Components:
     store = PostgresTokenPool(db, vault)
     journal = JournalStore(db, store, vault)
-    pairs = TomePairs(tome, journal, settings.tome_ns1, settings.tome_ns2)
+    pairs = TomePairs(tome, journal, settings.tome_ns1, settings.tome_ns2)  # each request: its program's (on)
+    programs = ProgramCatalog(
+        ProgramStore(db).registered, ttl_s=settings.service_programs_ttl_s,
+        unknown_ttl_s=settings.service_programs_unknown_ttl_s,
+        miss_reloads_per_s=settings.service_programs_miss_reloads_per_s,
+    )
     runtime_config = RuntimeConfig(
         db, default_percent=settings.pool_traffic_percent, ttl_s=settings.service_runtime_config_ttl_s
     )
@@ -58,11 +66,12 @@ def build_components(settings: Settings, db: Database, vault: Vault, tome: TomeP
         store=store,
         samples=MonitoringStore(db),
         tome=tome,
+        programs=programs,
         api_keys=ApiKeys(db, cache_ttl_s=settings.service_api_key_cache_ttl_s),
         runtime_config=runtime_config,
-        cards=CardService(db, store, CardStore(vault), pairs, vault, runtime_config, settings),
-        detokenize=DetokenizeService(db, TokenLookupStore(vault), audit, vault, tome, settings),
-        reservations=ReservationService(db, store, pairs, settings),
+        cards=CardService(db, store, CardStore(vault), pairs, vault, runtime_config, settings, programs),
+        detokenize=DetokenizeService(db, TokenLookupStore(vault), audit, vault, tome, settings, programs),
+        reservations=ReservationService(db, store, pairs, settings, programs),
         token_reads=TokenReadAudit(db, audit, vault.hexdigest),
         client_addresses=ClientAddresses(parse_trusted_proxies(settings.trusted_proxies)),
     )

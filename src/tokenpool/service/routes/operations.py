@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tokenpool.db.errors import DatabaseUnavailable
 from tokenpool.monitoring.health import check_pool_health
 from tokenpool.observability.logging import get_logger
-from tokenpool.observability.metrics import POOL_PAIRS
+from tokenpool.observability.metrics import POOL_PAIRS, forget_pools
 from tokenpool.pool.model import PairStatus, PoolStats
 from tokenpool.service.auth import METRICS_READ, POOLS_READ, Principal
 from tokenpool.service.problems import ProblemError
@@ -62,19 +62,31 @@ async def pool(
     request: Request,
     _principal: Annotated[Principal, Depends(require(POOLS_READ))],
 ) -> PoolResponse:
-    """Counts by status (cheap: trigger-kept counters) and health, as `tokenpool health` computes them."""
+    """Counts by status (cheap: trigger-kept counters) and health, as `tokenpool health` computes them, against
+    the program's own refill target. A registered program whose pool is still empty is EMPTY; an unregistered
+    one is refused (422 UNKNOWN_PROGRAM)."""
     found = components(request)
+    registered = await found.programs.require(program)
     async with found.db.guard():
-        health = await check_pool_health(found.store, found.samples, found.settings, program, publish=False)
-    if health.counts.get("total", 0) == 0:
-        raise ProblemError(404, "POOL_NOT_FOUND", f"Pool {program!r} has never held a pair.")
+        health = await check_pool_health(found.store, found.samples, found.settings, program, publish=False,
+                                          target=registered.target_in(found.settings))
     return PoolResponse.model_validate(health.as_dict())
 
 
 async def _refresh_pool_gauges(found: Components) -> None:
+    """The pool gauges of the registered programs (and of none other: a program removed since the last
+    scrape loses its series)."""
     try:
         async with found.db.guard(found.settings.service_readiness_timeout_s):
-            for name in await found.store.list_pools():
+            names = [program.name for program in await found.programs.registered()]
+            for name in names:
                 _publish(await found.store.stats(name))
     except DatabaseUnavailable:
         log.warning("metrics.pool_gauges_stale")  # the scrape still returns every other metric
+        return
+    forget_pools(set(_PUBLISHED) - set(names))
+    _PUBLISHED.clear()
+    _PUBLISHED.update(names)
+
+
+_PUBLISHED: set[str] = set()  # pools whose gauges this process publishes
