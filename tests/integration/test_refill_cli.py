@@ -60,3 +60,17 @@ def test_health_exits_2_for_an_empty_pool_and_1_for_a_low_one(settings, tome):
     assert "EMPTY" in empty.stdout
     assert low.returncode == 1
     assert json.loads(low.stdout)["status"] == "LOW"
+
+
+def test_health_says_an_alert_was_not_delivered_and_the_next_run_delivers_it(settings, tome, failing_webhook):
+    # `tokenpool health` from cron: a run whose webhook is down must not count the alert as sent.
+    config = refill_settings(settings, tome, refill_target=100, alert_webhook_url=failing_webhook.url)
+    failing_webhook.fail_next = 1
+    first = _run(["health"], env_for(config))
+    second = _run(["health"], env_for(config))
+    third = _run(["health"], env_for(config))
+    assert [run.returncode for run in (first, second, third)] == [2, 2, 2]  # EMPTY, each time
+    assert "not delivered to webhook" in first.stderr
+    assert "not delivered" not in second.stderr
+    assert [(alert["status"], alert["previous_status"]) for alert in failing_webhook.received] == [("EMPTY", None)]
+    assert failing_webhook.refused == 1

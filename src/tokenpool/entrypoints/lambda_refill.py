@@ -14,6 +14,8 @@ A deployment may run the Lambda and no worker, so each invocation also does the 
 for its pool, best effort (a failure is logged, never fails the invocation): it quarantines lapsed
 reservations before the refill, and after it checks the pool's health and alerts on a change
 (``TOKENPOOL_ALERT_SNS_TOPIC_ARN`` / ``TOKENPOOL_ALERT_WEBHOOK_URL``), e.g. a refill that could not fill.
+A delivery that failed is tried again by the next invocation; each delivery is counted as EMF
+(``tokenpool_pool_alerts`` by pool, channel and outcome), the Lambda having no scrape endpoint.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ import structlog
 
 from tokenpool import bootstrap
 from tokenpool.aws.emf import emit
-from tokenpool.monitoring.alerts import Alerter
+from tokenpool.monitoring.alerts import Alerter, Delivery, alert_channels
 from tokenpool.monitoring.health import check_pool_health
 from tokenpool.observability.logging import configure_logging, get_logger
+from tokenpool.observability.metrics import initialise_metrics
 from tokenpool.pool.model import PairStatus
 from tokenpool.refill.job import RefillDeps, refill_pool
 from tokenpool.refill.model import Trigger
-from tokenpool.refill.reporting import emf_documents
+from tokenpool.refill.reporting import alert_documents, emf_documents
 from tokenpool.settings import Settings, get_settings
 from tokenpool.tome.client import TomeClient
 
@@ -66,6 +69,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     count = int(raw_count) if raw_count is not None else None
     log.info("lambda.invoked", pool=pool, count=count, source=event.get("source"),
              detail_type=event.get("detail-type"), scheduled_at=event.get("time"), resources=event.get("resources"))
+    initialise_metrics(pools=[pool], refills=True, alert_channels=_channels(settings))
 
     loop = _event_loop()
     deps = loop.run_until_complete(_deps(settings))
@@ -85,8 +89,16 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     summary = result.as_dict()
     remaining_ms = _remaining_ms(context)
     budget_s = None if remaining_ms is None else remaining_ms / 1000 - HEALTH_CHECK_MARGIN_S
-    summary["health"] = loop.run_until_complete(_check_health(deps, settings, pool, budget_s))
+    status, deliveries = loop.run_until_complete(_check_health(deps, settings, pool, budget_s))
+    summary["health"] = status
+    emit(settings.emf_namespace, alert_documents(deliveries))
     return summary
+
+
+def _channels(settings: Settings) -> tuple[str, ...]:
+    # The log is a channel only where an alert may be sent at all (see _check_health).
+    alerting = settings.alert_sns_topic_arn or settings.alert_webhook_url
+    return alert_channels(settings) if alerting else ()
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
@@ -115,27 +127,31 @@ async def _expire_lapsed_leases(deps: RefillDeps) -> None:
         log.info("lambda.leases_expired", count=expired)
 
 
-async def _check_health(deps: RefillDeps, settings: Settings, pool: str, budget_s: float | None) -> str | None:
-    """The pool's health after the run (OK unless the refill could not fill), alerting on a change.
+async def _check_health(deps: RefillDeps, settings: Settings, pool: str,
+                        budget_s: float | None) -> tuple[str | None, list[Delivery]]:
+    """The pool's health after the run (OK unless the refill could not fill), alerting on a change, and the
+    alert deliveries made.
 
     Bounded by what is left of the invocation: Lambda killing it mid-send would fail the invocation
-    (EventBridge retries it) after the new state was recorded, and the alert would never go out.
+    (EventBridge retries it). A delivery cut short that way, or one that failed, is recorded as not
+    delivered: the next invocation sends it again.
     """
     global _alerter
     if budget_s is not None and budget_s < 1.0:
         log.warning("lambda.health_check_skipped", pool=pool, reason="the invocation's deadline is too close")
-        return None
+        return None, []
+    deliveries: list[Delivery] = []
     try:
         async with asyncio.timeout(budget_s):
             health = await check_pool_health(deps.store, deps.samples, settings, pool)
             if settings.alert_sns_topic_arn or settings.alert_webhook_url:
                 if _alerter is None:
                     _alerter = Alerter(settings)
-                await _alerter.on_health(deps.samples, health)
+                deliveries = await _alerter.on_health(deps.samples, health)
     except Exception as exc:
         log.warning("lambda.health_check_failed", pool=pool, error=f"{type(exc).__name__}: {exc}")
-        return None
-    return health.status.value
+        return None, deliveries
+    return health.status.value, deliveries
 
 
 async def _counts(deps: RefillDeps, pool: str) -> dict[str, int] | None:

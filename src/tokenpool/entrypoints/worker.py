@@ -9,8 +9,10 @@ import signal
 from prometheus_client import start_http_server
 
 from tokenpool import bootstrap
-from tokenpool.monitoring.alerts import Alerter
+from tokenpool.db.retention import retention_policy
+from tokenpool.monitoring.alerts import Alerter, alert_channels
 from tokenpool.observability.logging import get_logger
+from tokenpool.observability.metrics import initialise_metrics
 from tokenpool.refill.worker import RefillWorker
 from tokenpool.settings import Settings
 
@@ -18,6 +20,9 @@ log = get_logger(__name__)
 
 
 def run_worker(settings: Settings, pools: list[str], metrics_port: int) -> int:
+    # Before the first scrape, and before the start-up refill counts anything.
+    initialise_metrics(pools=pools, refills=True, alert_channels=alert_channels(settings),
+                       pruned_tables=retention_policy(settings))
     if metrics_port:
         # A daemon thread serving the default registry; the refill metrics, TOME client metrics and pool
         # gauges all live there.

@@ -2,6 +2,10 @@
 reservation lease janitor (which also publishes the oldest open transaction's age) and the daily
 retention prune, until asked to stop.
 
+Each poll also publishes when the pool's last refill succeeded (``tokenpool_refill_last_success_timestamp_seconds``)
+as ``refill_runs`` records it: a restarted worker shows the true age at once, before its first run, and a run
+by the CLI or a Lambda counts as much as the worker's own.
+
 Low watermark by short poll, not LISTEN/NOTIFY: the poll reads the trigger-kept counters (a few dozen
 rows) every ``worker_poll_s``, costs nothing measurable, needs no change on the claim path and works
 on CockroachDB, which has no LISTEN/NOTIFY. Its delay (one poll interval) is small against the hours
@@ -19,7 +23,7 @@ from tokenpool.db.retention import prune, publish_oldest_transaction_age
 from tokenpool.monitoring.alerts import Alerter
 from tokenpool.monitoring.health import check_pool_health
 from tokenpool.observability.logging import get_logger
-from tokenpool.observability.metrics import DB_OLDEST_TRANSACTION
+from tokenpool.observability.metrics import DB_OLDEST_TRANSACTION, REFILL_LAST_SUCCESS
 from tokenpool.refill.job import RefillDeps, refill_pool
 from tokenpool.refill.model import Outcome, Trigger
 
@@ -99,8 +103,18 @@ class RefillWorker:
                     log.warning("worker.poll_failed", pool=pool, error=f"{type(exc).__name__}: {exc}")
             await self._sleep(self.settings.worker_poll_s)
 
+    async def _publish_last_success(self, pool: str) -> None:
+        try:
+            at = await self.deps.journal.last_success(pool)
+        except Exception as exc:  # keep the last value: it is still when the last success was
+            log.warning("worker.last_success_unread", pool=pool, error=f"{type(exc).__name__}: {exc}")
+            return
+        if at is not None:  # no run recorded yet: this worker is about to start one
+            REFILL_LAST_SUCCESS.labels(pool).set(at.timestamp())
+
     async def _tend(self, pool: str) -> None:
         health = await check_pool_health(self.deps.store, self.deps.samples, self.settings, pool)
+        await self._publish_last_success(pool)  # before this poll's run: a restarted worker shows the true age
         if self.alerter is not None:
             await self.alerter.on_health(self.deps.samples, health)
         now = time.monotonic()
