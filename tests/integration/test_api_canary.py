@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from prometheus_client import REGISTRY
+
 from tests.integration import api_harness
 from tests.integration.api_harness import POOL, Api
 from tokenpool.service.runtime_config import POOL_TRAFFIC_PERCENT_KEY, write
@@ -61,3 +63,35 @@ async def test_a_card_routed_to_tome_falls_back_to_the_pool_when_tome_is_down(ap
     api.tome.set_faults(outage=True)
     sources = await _cards(api, 6)
     assert set(sources) == {"pool"}
+
+
+def _cards_created(token_source: str, routed_to: str) -> float:
+    return REGISTRY.get_sample_value("tokenpool_cards_created_total", {
+        "program": POOL, "token_source": token_source, "routed_to": routed_to}) or 0.0
+
+
+async def test_cards_the_canary_sends_to_tome_are_told_apart_from_fallbacks_of_an_empty_pool(api: Api):
+    # TokenpoolCardsFallingBackToTome counts routed_to="pool" with token_source="tome" only: a canary step
+    # or `config unset` moves cards to routed_to="tome" and must not look like an empty pool.
+    await api.seed(20)
+    keys = [(source, routed) for source in ("pool", "tome") for routed in ("pool", "tome")]
+
+    def counted() -> dict[tuple[str, str], float]:
+        return {key: _cards_created(*key) for key in keys}
+
+    before = counted()
+    await _set_percent(api, 50)
+    canary = await _cards(api, 10)
+    await _set_percent(api, None)  # `tokenpool config unset`: the default, 100 %
+    after_canary = counted()
+    drained = await _cards(api, 15)  # more than the pool has left
+    after_drain = counted()
+
+    canary_delta = {key: after_canary[key] - before[key] for key in keys}
+    assert canary.count("tome") == 5
+    assert canary_delta[("tome", "pool")] == 0, "no fallback while the pool has pairs"
+    assert canary_delta[("tome", "tome")] >= 5
+    drain_delta = {key: after_drain[key] - after_canary[key] for key in keys}
+    assert drain_delta[("tome", "pool")] == drained.count("tome") > 0, "each TOME card once the pool was empty"
+    assert drain_delta[("tome", "tome")] == 0
+    assert drain_delta[("pool", "tome")] == 0  # TOME is up: no card routed to TOME came from the pool

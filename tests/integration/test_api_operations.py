@@ -59,9 +59,15 @@ async def test_metrics_show_requests_cards_by_source_pool_level_and_tome_calls_a
     assert response.status_code == 200
     assert 'tokenpool_http_requests_total{method="POST",route="/v1/cards",status="201"}' in text
     assert "tokenpool_http_request_duration_seconds_bucket" in text
-    assert 'tokenpool_cards_created_total{program="default",token_source="pool"}' in text
+    assert 'tokenpool_cards_created_total{program="default",routed_to="pool",token_source="pool"}' in text
     assert 'tokenpool_pool_pairs{pool="default",status="available"} 2.0' in text
     assert 'tokenpool_tome_calls_avoided_total{operation="issue"}' in text
+    # There from the start, whatever their value now: a first 500, /readyz 503 or fallback is an increase.
+    for series in ('tokenpool_http_requests_total{method="GET",route="/readyz",status="503"}',
+                   'tokenpool_http_requests_total{method="POST",route="/v1/cards",status="500"}',
+                   'tokenpool_cards_created_total{program="default",routed_to="pool",token_source="tome"}',
+                   'tokenpool_pool_reservations_total{outcome="exhausted",pool="default"}'):
+        assert series in text, series
 
 
 async def test_the_correlation_id_is_echoed_or_generated(api: Api):

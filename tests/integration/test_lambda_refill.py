@@ -183,6 +183,8 @@ def test_a_cold_start_reads_the_database_url_from_secrets_manager(lambda_env, da
     capsys.readouterr()
     assert (result["outcome"], result["added"]) == ("succeeded", 30)
     assert len(pool_tokens(database_url, "default")) == 30
+
+
 def test_an_event_without_a_pool_refills_every_registered_program_to_its_own_target(
     lambda_env, database_url, tome, capsys
 ):
@@ -215,3 +217,34 @@ def test_an_event_naming_an_unregistered_program_fails_the_invocation_and_asks_t
     capsys.readouterr()
     assert tome.stats()["requests"] == before
     assert pool_tokens(database_url, "no-such-program") == []
+
+
+def _alert_counts(documents: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    return {(doc["channel"], doc["outcome"]): doc["tokenpool_pool_alerts"]
+            for doc in documents if "tokenpool_pool_alerts" in doc}
+
+
+def test_an_alert_the_invocation_could_not_deliver_is_counted_in_emf_and_sent_by_the_next_one(
+    lambda_env, failing_webhook, monkeypatch, capsys
+):
+    monkeypatch.setenv("TOKENPOOL_ALERT_WEBHOOK_URL", failing_webhook.url)
+    monkeypatch.setenv("TOKENPOOL_REFILL_TARGET", "100")
+    get_settings.cache_clear()
+    failing_webhook.fail_next = 1
+    few = {**SCHEDULED_EVENT, "detail": {"count": 1}}  # 1, 2, 3 of a target of 100: CRITICAL
+
+    first = lambda_refill.handler(few, LambdaContext())
+    first_documents = emf_lines(capsys.readouterr().out)
+    second = lambda_refill.handler(few, LambdaContext())
+    second_documents = emf_lines(capsys.readouterr().out)
+    third = lambda_refill.handler(few, LambdaContext())
+    third_documents = emf_lines(capsys.readouterr().out)
+
+    assert [r["health"] for r in (first, second, third)] == ["CRITICAL"] * 3
+    for document in first_documents + second_documents:
+        validate_emf(document)
+    assert _alert_counts(first_documents) == {("log", "sent"): 1, ("webhook", "failed"): 1}
+    assert _alert_counts(second_documents) == {("webhook", "sent"): 1}
+    assert _alert_counts(third_documents) == {}, "delivered: nothing more to tell"
+    assert {doc["pool"] for doc in first_documents if "tokenpool_pool_alerts" in doc} == {"default"}
+    assert [(alert["status"], alert["previous_status"]) for alert in failing_webhook.received] == [("CRITICAL", None)]

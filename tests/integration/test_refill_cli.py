@@ -102,3 +102,15 @@ def test_a_refill_of_an_unregistered_program_is_refused_in_one_line_and_asks_tom
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT count(*) FROM refill_runs").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM token_pool").fetchone() == (0,)
+def test_health_says_an_alert_was_not_delivered_and_the_next_run_delivers_it(settings, tome, failing_webhook):
+    # `tokenpool health` from cron: a run whose webhook is down must not count the alert as sent.
+    config = refill_settings(settings, tome, refill_target=100, alert_webhook_url=failing_webhook.url)
+    failing_webhook.fail_next = 1
+    first = _run(["health"], env_for(config))
+    second = _run(["health"], env_for(config))
+    third = _run(["health"], env_for(config))
+    assert [run.returncode for run in (first, second, third)] == [2, 2, 2]  # EMPTY, each time
+    assert "not delivered to webhook" in first.stderr
+    assert "not delivered" not in second.stderr
+    assert [(alert["status"], alert["previous_status"]) for alert in failing_webhook.received] == [("EMPTY", None)]
+    assert failing_webhook.refused == 1

@@ -15,6 +15,7 @@ import uuid
 
 import httpx
 import psycopg
+from prometheus_client import REGISTRY
 
 from tests.emf import emf_lines, metric_values, validate_emf
 from tests.factories import make_pairs
@@ -197,6 +198,13 @@ def test_the_worker_process_serves_metrics_and_stops_cleanly_on_sigterm_mid_refi
     assert code == 0
     assert "tokenpool_tome_requests_total" in metrics
     assert "tokenpool_pool_pairs" in metrics
+    # Scraped before the first run ended: every series an alert counts on is already there, at 0.
+    for series in ('tokenpool_refill_runs_total{outcome="failed",pool="default"} 0.0',
+                   'tokenpool_refill_runs_total{outcome="lease_lost",pool="default"} 0.0',
+                   'tokenpool_pool_alerts_total{channel="log",outcome="failed",pool="default"} 0.0',
+                   f'tokenpool_tome_breaker_transitions_total{{target="{tome.url}",to_state="open"}} 0.0',
+                   'tokenpool_tome_retries_total{operation="issue",reason="timeout"} 0.0'):
+        assert series in metrics, series
     assert "worker.stopped" in events
     with psycopg.connect(database_url) as conn:
         runs = conn.execute("SELECT outcome, added, finished_at IS NOT NULL FROM refill_runs").fetchall()
@@ -270,3 +278,56 @@ def test_a_worker_whose_metrics_port_is_taken_says_so_and_exits_2(settings, tome
     events = [json.loads(line) for line in done.stderr.decode().splitlines() if line.startswith("{")]
     assert next(e for e in events if e.get("event") == "worker.metrics_unavailable")["port"] == port
     assert b"Traceback" not in done.stderr
+
+
+def _last_success() -> float | None:
+    return REGISTRY.get_sample_value("tokenpool_refill_last_success_timestamp_seconds", {"pool": POOL})
+
+
+async def test_a_restarted_worker_publishes_the_last_successful_refill_before_its_first_run(
+    settings, database_url, tome
+):
+    # The refill runs of a worker before its restart (or of the CLI, or a Lambda), as refill_runs holds them.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for minutes_ago, outcome in ((90, "succeeded"), (30, "succeeded"), (10, "failed")):
+            conn.execute("INSERT INTO refill_runs (run_id, pool, trigger, holder, outcome, started_at, finished_at)"
+                         " VALUES (%s, %s, 'cli', 'h', %s, now() - make_interval(mins => %s),"
+                         " now() - make_interval(mins => %s) + interval '5 seconds')",
+                         (uuid.uuid4(), POOL, outcome, minutes_ago, minutes_ago))
+    tome.set_faults(outage=True)  # the new worker's own runs fail
+    config = refill_settings(settings, tome, refill_target=10, worker_poll_s=0.1, tome_max_attempts=1)
+    async with refill_deps(config) as deps:
+        worker = RefillWorker(deps, [POOL])
+        running = asyncio.create_task(worker.run())
+        try:
+            async def failed_once() -> bool:
+                return bool(worker.runs)
+
+            await _until(failed_once)
+        finally:
+            worker.stop.set()
+            await asyncio.wait_for(running, timeout=10)
+    assert worker.runs[0][2] is Outcome.FAILED
+    published = _last_success()
+    assert published is not None
+    assert abs(time.time() - 30 * 60 + 5 - published) < 60, "the run that succeeded 30 minutes ago"
+
+
+async def test_a_pool_whose_refills_never_succeeded_shows_when_they_began(settings, tome):
+    tome.set_faults(outage=True)
+    config = refill_settings(settings, tome, refill_target=10, worker_poll_s=0.1, tome_max_attempts=1)
+    started = time.time()
+    async with refill_deps(config) as deps:
+        worker = RefillWorker(deps, [POOL])
+        running = asyncio.create_task(worker.run())
+        try:
+            async def published_after_a_run() -> bool:
+                value = _last_success()
+                return bool(worker.runs) and value is not None and value >= started - 5
+
+            await _until(published_after_a_run)
+        finally:
+            worker.stop.set()
+            await asyncio.wait_for(running, timeout=10)
+    assert all(outcome is Outcome.FAILED for _, _, outcome in worker.runs)
+    assert abs((_last_success() or 0.0) - started) < 5, "the first run's start"

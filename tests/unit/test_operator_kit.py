@@ -32,9 +32,11 @@ from tests.cloudformation import TEMPLATE, expanded_resources, resources_of_type
 from tokenpool.aws.emf_reporter import WORKER_FIGURES
 from tokenpool.cards.model import TokenSource
 from tokenpool.entrypoints.cli import app as cli_app
+from tokenpool.monitoring.alerts import LOG, SNS, WEBHOOK, Alert, Delivery
+from tokenpool.monitoring.health import HealthStatus, PoolHealth
 from tokenpool.pool.model import PairStatus
 from tokenpool.refill.model import Outcome, RefillPlan, RefillResult
-from tokenpool.refill.reporting import emf_documents
+from tokenpool.refill.reporting import alert_documents, emf_documents
 from tokenpool.service.app import create_app
 from tokenpool.service.middleware import UNMATCHED_ROUTE
 from tokenpool.settings import Settings
@@ -118,10 +120,12 @@ def known_label_values() -> dict[tuple[str, str], frozenset[str]]:
         ("tokenpool_pool_pairs", "status"): {status.value.lower() for status in PairStatus},
         ("tokenpool_refill_runs", "outcome"): {outcome.value for outcome in Outcome},
         ("tokenpool_cards_created", "token_source"): {source.value for source in TokenSource},
+        ("tokenpool_cards_created", "routed_to"): {source.value for source in TokenSource},
         ("tokenpool_tome_requests", "operation"): {operation.value for operation in Operation},
         ("tokenpool_tome_requests", "outcome"): tome_outcomes,
         ("tokenpool_tome_breaker_transitions", "to_state"): {state.value for state in BreakerState},
         ("tokenpool_pool_alerts", "outcome"): alert_outcomes,
+        ("tokenpool_pool_alerts", "channel"): {LOG, SNS, WEBHOOK},
         ("tokenpool_http_requests", "route"): routes,
         ("tokenpool_http_request_duration_seconds", "route"): routes,
     }
@@ -224,10 +228,20 @@ def test_every_alert_has_a_severity_a_runbook_link_and_a_summary():
 def test_the_alerts_cover_pool_refill_tome_and_api_failures():
     used = set().union(*(metric_names_in(rule["expr"]) for rule in alert_rules()))
     for needed in ("tokenpool_pool_health", "tokenpool_pool_pairs", "tokenpool_cards_created_total",
-                   "tokenpool_pool_traffic_percent", "tokenpool_refill_runs_total", "tokenpool_tome_breaker_state",
-                   "tokenpool_tome_requests_total", "tokenpool_http_requests_total",
-                   "tokenpool_http_request_duration_seconds_bucket"):
+                   "tokenpool_refill_runs_total", "tokenpool_refill_last_success_timestamp_seconds",
+                   "tokenpool_pool_alerts_total", "tokenpool_tome_breaker_state", "tokenpool_tome_requests_total",
+                   "tokenpool_http_requests_total", "tokenpool_http_request_duration_seconds_bucket"):
         assert needed in used, f"no alert reads {needed}"
+
+
+def test_the_fallback_alert_counts_only_cards_the_canary_sent_to_the_pool():
+    # Cards the canary routes to TOME on purpose (a share below 100 %, a step, `config unset`) are not a
+    # fallback: the alert reads routed_to="pool" in both its numerator and its denominator.
+    (rule,) = [rule for rule in alert_rules() if rule["alert"] == "TokenpoolCardsFallingBackToTome"]
+    selectors = [body for metric, body in SELECTOR.findall(rule["expr"]) if metric == "tokenpool_cards_created_total"]
+    assert len(selectors) == 2
+    assert all('routed_to="pool"' in body for body in selectors), selectors
+    assert "tokenpool_pool_traffic_percent" not in rule["expr"]
 
 
 @pytest.mark.parametrize(("where", "expr"), kit_expressions())
@@ -314,8 +328,11 @@ def emitted_dimension_sets() -> dict[str, set[frozenset[str]]]:
                       target=100)
     result = RefillResult(run_id=uuid.uuid4(), pool="p", outcome=Outcome.SUCCEEDED, plan=plan)
     counts = {status.value.lower(): 1 for status in PairStatus}  # as lambda_refill._counts builds them
+    health = PoolHealth(pool="p", status=HealthStatus.LOW, target=100, counts={"available": 10},
+                        consumption_per_hour=None, hours_left=None)
+    delivery = Delivery(Alert("p", HealthStatus.LOW, None, health), (LOG, SNS), (WEBHOOK,))
     emitted: dict[str, set[frozenset[str]]] = {}
-    for document in emf_documents(result, counts):
+    for document in [*emf_documents(result, counts), *alert_documents([delivery])]:
         for metric in document.metrics:
             emitted.setdefault(metric.name, set()).add(frozenset(document.dimensions))
     for figure in WORKER_FIGURES:
@@ -333,8 +350,9 @@ def test_the_alarms_go_to_the_alerts_topic_and_read_the_emf_namespace():
 
 def test_every_tokenpool_alarm_reads_a_metric_emitted_with_exactly_its_dimensions():
     ours = {name: alarm for name, alarm in alarms().items() if alarm.get("Namespace") == {"Ref": "MetricsNamespace"}}
-    assert len(ours) >= 6 * len(PROGRAMS)
-    values = {"status": {status.value.lower() for status in PairStatus}, "outcome": {o.value for o in Outcome}}
+    assert len(ours) >= 8 * len(PROGRAMS)
+    values = {"status": {status.value.lower() for status in PairStatus},
+              "outcome": {o.value for o in Outcome} | {"sent", "failed"}, "channel": {LOG, SNS, WEBHOOK}}
     for name, alarm in ours.items():
         metric = alarm["MetricName"]
         assert metric in emitted_dimension_sets(), f"{name}: neither the Lambda nor the worker emits {metric}"

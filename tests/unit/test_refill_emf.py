@@ -49,3 +49,23 @@ def test_emit_writes_one_json_line_per_document(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3
     assert all(json.loads(line)["_aws"] for line in lines)
+
+
+def test_alert_deliveries_are_counted_per_pool_channel_and_outcome():
+    from tokenpool.monitoring.alerts import Alert, Delivery
+    from tokenpool.monitoring.health import HealthStatus, PoolHealth
+    from tokenpool.refill.reporting import alert_documents
+
+    health = PoolHealth(pool="p1", status=HealthStatus.CRITICAL, target=100, counts={"available": 3},
+                        consumption_per_hour=None, hours_left=None)
+    deliveries = [Delivery(Alert("p1", HealthStatus.CRITICAL, HealthStatus.LOW, health), ("log", "sns"), ()),
+                  Delivery(Alert("p1", HealthStatus.CRITICAL, None, health), (), ("webhook",))]
+    documents = alert_documents(deliveries)
+    assert [(d.dimensions, [(m.name, m.value) for m in d.metrics]) for d in documents] == [
+        ({"pool": "p1", "channel": "log", "outcome": "sent"}, [("tokenpool_pool_alerts", 1)]),
+        ({"pool": "p1", "channel": "sns", "outcome": "sent"}, [("tokenpool_pool_alerts", 1)]),
+        ({"pool": "p1", "channel": "webhook", "outcome": "failed"}, [("tokenpool_pool_alerts", 1)]),
+    ]
+    assert alert_documents([]) == []
+    line = json.loads(serialize("tokenpool", documents[2])[0])
+    assert line["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["pool", "channel", "outcome"]]

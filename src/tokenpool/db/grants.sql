@@ -66,5 +66,6 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON refill_batches TO {app};
 GRANT SELECT, INSERT, DELETE ON refill_pending_tokens TO {app};
 GRANT SELECT, INSERT, DELETE ON pool_level_samples TO {app};
 GRANT SELECT, INSERT, UPDATE ON pool_alert_state TO {app};
+GRANT SELECT, INSERT, UPDATE ON pool_alert_deliveries TO {app};
 
 -- schema_migrations: nothing (the owner's business).

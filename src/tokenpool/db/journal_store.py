@@ -90,6 +90,14 @@ class JournalStore:
             await cursor.execute(sql("refill_runs_recent"), {"pool": pool, "limit": limit})
             return await cursor.fetchall()
 
+    async def last_success(self, pool: str) -> datetime | None:
+        """When the pool's last successful run finished (any runner); while none succeeded, when its first
+        run started; None when no run was ever recorded."""
+        async with self._db.connection() as conn:
+            row = await (await conn.execute(sql("refill_last_success"), {"pool": pool})).fetchone()
+        at: datetime | None = row[0] if row else None
+        return at
+
     # --- Batches -----------------------------------------------------------------------------------------
 
     async def record_intent(self, batch_id: UUID, pool: str, count: int, run_id: UUID, *, ns1: str | None = None,

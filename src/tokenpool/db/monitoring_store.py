@@ -1,7 +1,9 @@
-"""What pool monitoring keeps in PostgreSQL: consumption samples and the last alerted health state."""
+"""What pool monitoring keeps in PostgreSQL: consumption samples and, per alert channel, the health state
+it last delivered."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from psycopg.rows import class_row
@@ -12,10 +14,16 @@ from tokenpool.pool.model import SampleSpan
 
 
 @dataclass(frozen=True, slots=True)
-class AlertTransition:
-    """The health state changed; ``previous_status`` is None on a pool's first check."""
+class AlertClaim:
+    """A channel whose last delivered state differs from the pool's, claimed for one checker to tell it.
 
+    ``previous_status``: what the channel last delivered (None: nothing yet). ``claimed`` is False for a
+    channel recorded as told without a message (a healthy pool's first check).
+    """
+
+    channel: str
     previous_status: str | None
+    claimed: bool
 
 
 class MonitoringStore:
@@ -37,10 +45,19 @@ class MonitoringStore:
         async with self._db.connection() as conn:
             await conn.execute(sql("pool_samples_prune"), {"pool": pool, "keep_s": keep_s})
 
-    async def record_health(self, pool: str, status: str) -> AlertTransition | None:
-        """Records the pool's health state; a transition only when it changed (exactly one concurrent checker
-        gets it, so exactly one sends the alert)."""
+    async def claim_alerts(self, pool: str, status: str, channels: Sequence[str],
+                           claim_s: float) -> list[AlertClaim]:
+        """Claims, for ``claim_s`` seconds, the channels that must be told ``status``: exactly one of several
+        concurrent checkers gets each."""
         async with self._db.connection() as conn:
-            cursor = conn.cursor(row_factory=class_row(AlertTransition))
-            await cursor.execute(sql("pool_alert_transition"), {"pool": pool, "status": status})
-            return await cursor.fetchone()
+            cursor = conn.cursor(row_factory=class_row(AlertClaim))
+            await cursor.execute(sql("pool_alert_claim"), {"pool": pool, "status": status,
+                                                           "channels": list(channels), "claim_s": claim_s})
+            return await cursor.fetchall()
+
+    async def finish_alerts(self, pool: str, status: str, channels: Sequence[str],
+                            delivered: Sequence[str]) -> None:
+        """Records ``status`` as delivered on ``delivered`` and releases the claims on ``channels``."""
+        async with self._db.connection() as conn:
+            await conn.execute(sql("pool_alert_finish"), {"pool": pool, "status": status,
+                                                          "channels": list(channels), "delivered": list(delivered)})

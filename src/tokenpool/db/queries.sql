@@ -406,6 +406,16 @@ WHERE pool = %(pool)s
 ORDER BY started_at DESC
 LIMIT %(limit)s;
 
+-- refill_last_success --
+-- When the pool's last successful refill finished, whoever ran it (the worker's "refill not running" gauge);
+-- while none ever succeeded, when its first recorded run started; NULL when no run was ever recorded.
+-- Each subquery walks refill_runs_pool_started_idx from one end and stops at its first match.
+SELECT COALESCE(
+    (SELECT finished_at FROM refill_runs WHERE pool = %(pool)s AND outcome = 'succeeded'
+     ORDER BY started_at DESC LIMIT 1),
+    (SELECT started_at FROM refill_runs WHERE pool = %(pool)s ORDER BY started_at LIMIT 1)
+) AS at;
+
 -- refill_batch_intent --
 -- Journal a batch BEFORE asking TOME to issue it; batch_id becomes the issue's Idempotency-Key. Its
 -- namespaces are recorded with it: a recovery replays the issue on the namespace the key was used on, even
@@ -484,15 +494,35 @@ FROM (SELECT consumed, sampled_at FROM pool_level_samples
 -- Samples older than the retention are of no use to any forecast.
 DELETE FROM pool_level_samples WHERE pool = %(pool)s AND sampled_at < now() - make_interval(secs => %(keep_s)s);
 
--- pool_alert_transition --
--- Record the pool's health state; returns a row (with the previous state, NULL for a first check)
--- only when the state changed, so exactly one of several concurrent checkers sends the alert.
--- Why the CTE: it reads the previous state in the statement's snapshot, before the upsert changes it.
-WITH previous AS (SELECT status FROM pool_alert_state WHERE pool = %(pool)s)
-INSERT INTO pool_alert_state AS s (pool, status) VALUES (%(pool)s, %(status)s)
-ON CONFLICT (pool) DO UPDATE SET status = EXCLUDED.status, changed_at = now()
-WHERE s.status <> EXCLUDED.status
-RETURNING (SELECT status FROM previous) AS previous_status;
+-- pool_alert_claim --
+-- The alert channels that must be told the pool's state, each claimed for this checker for %(claim_s)s
+-- seconds: a channel whose last delivered state differs and that no live claim holds. A channel's first row
+-- is claimed at once, unless the pool is OK: a healthy pool checked for the first time has nothing to
+-- tell, and is recorded as told. Each claim comes back with the state the channel last delivered (NULL:
+-- none); a row recorded without a claim comes back with claimed = false.
+-- Why one upsert: it decides and claims in one statement, so of concurrent checkers exactly one gets each
+-- channel (the others' DO UPDATE finds the claim, its WHERE fails, and nothing comes back for them).
+INSERT INTO pool_alert_deliveries AS d (pool, channel, status, delivered_at, sending, sending_until)
+SELECT %(pool)s, channel,
+       CASE WHEN %(status)s = 'OK' THEN 'OK' END,
+       CASE WHEN %(status)s = 'OK' THEN now() END,
+       CASE WHEN %(status)s <> 'OK' THEN %(status)s END,
+       CASE WHEN %(status)s <> 'OK' THEN now() + make_interval(secs => %(claim_s)s) END
+FROM unnest(%(channels)s::text[]) AS channel
+ON CONFLICT (pool, channel) DO UPDATE
+SET sending = %(status)s, sending_until = now() + make_interval(secs => %(claim_s)s)
+WHERE d.status IS DISTINCT FROM %(status)s AND (d.sending_until IS NULL OR d.sending_until <= now())
+RETURNING d.channel, d.status AS previous_status, d.sending IS NOT NULL AS claimed;
+
+-- pool_alert_finish --
+-- After sending: each channel that accepted the alert records the state as delivered, and every claim of
+-- this checker is released, so a channel that failed is tried again at the next check. Only claims on
+-- %(status)s match: a lapsed claim another checker took over for a newer state is left to that checker.
+UPDATE pool_alert_deliveries
+SET status = CASE WHEN channel = ANY(%(delivered)s::text[]) THEN sending ELSE status END,
+    delivered_at = CASE WHEN channel = ANY(%(delivered)s::text[]) THEN now() ELSE delivered_at END,
+    sending = NULL, sending_until = NULL
+WHERE pool = %(pool)s AND channel = ANY(%(channels)s::text[]) AND sending = %(status)s;
 
 -- ===== Card programs: the registered names, their refill targets and TOME namespaces (tokenpool program) =====
 -- A handful of rows. The service caches them (tokenpool.programs.catalog); the refill, the worker and the

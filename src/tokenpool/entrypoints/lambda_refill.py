@@ -22,6 +22,8 @@ A deployment may run the Lambda and no worker, so each invocation also does the 
 for each program, best effort (a failure is logged, never fails the invocation): it quarantines lapsed
 reservations before the refill, and after it checks the pool's health and alerts on a change
 (``TOKENPOOL_ALERT_SNS_TOPIC_ARN`` / ``TOKENPOOL_ALERT_WEBHOOK_URL``), e.g. a refill that could not fill.
+A delivery that failed is tried again by the next invocation; each delivery is counted as EMF
+(``tokenpool_pool_alerts`` by pool, channel and outcome), the Lambda having no scrape endpoint.
 """
 
 from __future__ import annotations
@@ -33,14 +35,15 @@ import structlog
 
 from tokenpool import bootstrap
 from tokenpool.aws.emf import emit
-from tokenpool.monitoring.alerts import Alerter
+from tokenpool.monitoring.alerts import Alerter, Delivery, alert_channels
 from tokenpool.monitoring.health import check_pool_health
 from tokenpool.observability.logging import configure_logging, get_logger
+from tokenpool.observability.metrics import initialise_metrics
 from tokenpool.pool.model import PairStatus
 from tokenpool.programs import UnknownProgram
 from tokenpool.refill.job import RefillDeps, refill_pool
 from tokenpool.refill.model import Outcome, RefillResult, Trigger
-from tokenpool.refill.reporting import emf_documents
+from tokenpool.refill.reporting import alert_documents, emf_documents
 from tokenpool.settings import Settings, get_settings
 from tokenpool.tome.client import TomeClient
 
@@ -120,6 +123,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def _refill_one(loop: asyncio.AbstractEventLoop, deps: RefillDeps, settings: Settings, context: Any, pool: str,
                 count: int | None, stop: asyncio.Event) -> dict[str, Any]:
     """One program's run, its metrics and its health: the summary of a run."""
+    initialise_metrics(pools=[pool], refills=True, alert_channels=_channels(settings))
     result: RefillResult = loop.run_until_complete(
         refill_pool(deps, pool, count=count, trigger=Trigger.LAMBDA, stop=stop))
     counts = loop.run_until_complete(_counts(deps, pool))
@@ -127,7 +131,9 @@ def _refill_one(loop: asyncio.AbstractEventLoop, deps: RefillDeps, settings: Set
     summary = result.as_dict()
     remaining_ms = _remaining_ms(context)
     budget_s = None if remaining_ms is None else remaining_ms / 1000 - HEALTH_CHECK_MARGIN_S
-    summary["health"] = loop.run_until_complete(_check_health(deps, settings, pool, budget_s))
+    status, deliveries = loop.run_until_complete(_check_health(deps, settings, pool, budget_s))
+    summary["health"] = status
+    emit(settings.emf_namespace, alert_documents(deliveries))
     return summary
 
 
@@ -138,6 +144,12 @@ def worst_outcome(outcomes: list[Outcome]) -> Outcome:
     """The outcome of several runs: the worst of theirs (none: succeeded)."""
     return max(outcomes, key=lambda outcome: _SEVERITY.index(outcome) if outcome in _SEVERITY else len(_SEVERITY),
                default=Outcome.SUCCEEDED)
+
+
+def _channels(settings: Settings) -> tuple[str, ...]:
+    # The log is a channel only where an alert may be sent at all (see _check_health).
+    alerting = settings.alert_sns_topic_arn or settings.alert_webhook_url
+    return alert_channels(settings) if alerting else ()
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
@@ -166,16 +178,20 @@ async def _expire_lapsed_leases(deps: RefillDeps) -> None:
         log.info("lambda.leases_expired", count=expired)
 
 
-async def _check_health(deps: RefillDeps, settings: Settings, pool: str, budget_s: float | None) -> str | None:
-    """The pool's health after the run (OK unless the refill could not fill), alerting on a change.
+async def _check_health(deps: RefillDeps, settings: Settings, pool: str,
+                        budget_s: float | None) -> tuple[str | None, list[Delivery]]:
+    """The pool's health after the run (OK unless the refill could not fill), alerting on a change, and the
+    alert deliveries made.
 
     Bounded by what is left of the invocation: Lambda killing it mid-send would fail the invocation
-    (EventBridge retries it) after the new state was recorded, and the alert would never go out.
+    (EventBridge retries it). A delivery cut short that way, or one that failed, is recorded as not
+    delivered: the next invocation sends it again.
     """
     global _alerter
     if budget_s is not None and budget_s < 1.0:
         log.warning("lambda.health_check_skipped", pool=pool, reason="the invocation's deadline is too close")
-        return None
+        return None, []
+    deliveries: list[Delivery] = []
     try:
         async with asyncio.timeout(budget_s):
             program = await deps.programs.get(pool)
@@ -184,11 +200,11 @@ async def _check_health(deps: RefillDeps, settings: Settings, pool: str, budget_
             if settings.alert_sns_topic_arn or settings.alert_webhook_url:
                 if _alerter is None:
                     _alerter = Alerter(settings)
-                await _alerter.on_health(deps.samples, health)
+                deliveries = await _alerter.on_health(deps.samples, health)
     except Exception as exc:
         log.warning("lambda.health_check_failed", pool=pool, error=f"{type(exc).__name__}: {exc}")
-        return None
-    return health.status.value
+        return None, deliveries
+    return health.status.value, deliveries
 
 
 async def _counts(deps: RefillDeps, pool: str) -> dict[str, int] | None:

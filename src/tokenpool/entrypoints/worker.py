@@ -11,8 +11,10 @@ from prometheus_client import start_http_server
 
 from tokenpool import bootstrap
 from tokenpool.aws.emf_reporter import WORKER_FIGURES, emf_reporting
-from tokenpool.monitoring.alerts import Alerter
+from tokenpool.db.retention import retention_policy
+from tokenpool.monitoring.alerts import Alerter, alert_channels
 from tokenpool.observability.logging import get_logger
+from tokenpool.observability.metrics import initialise_metrics
 from tokenpool.refill.worker import RefillWorker
 from tokenpool.settings import Settings
 
@@ -25,6 +27,10 @@ EXIT_UNKNOWN_PROGRAM = 2
 
 def run_worker(settings: Settings, pools: list[str] | None, metrics_port: int) -> int:
     """``pools``: the programs to keep; None: every registered program. Returns the exit code."""
+    # Before the first scrape, and before the start-up refill counts anything (the registered programs
+    # are added as the worker finds them: RefillWorker initialises each program it starts keeping).
+    initialise_metrics(pools=pools or [], refills=True, alert_channels=alert_channels(settings),
+                       pruned_tables=retention_policy(settings))
     if metrics_port:
         host = settings.worker_metrics_host
         try:

@@ -2,6 +2,11 @@
 
 The refill job publishes the same names to CloudWatch (Embedded Metric Format), so a dashboard
 reads alike whichever runtime produced the figures.
+
+A labelled counter has no series until its first ``.labels(...)``; a series that first appears at 1 is
+invisible to ``increase()``, so an alert on "any failure" would miss the first one. Each process
+therefore calls :func:`initialise_metrics` at start, which creates at 0 every labelled counter it can
+emit, for the pools it serves (the TOME client does the same for its own families on construction).
 """
 
 from __future__ import annotations
@@ -47,7 +52,15 @@ POOL_AVAILABLE_BEFORE_REFILL = Gauge(
     "tokenpool_pool_available_before_refill",
     "Available pairs when the last refill run planned: the pool's low point between scheduled runs.", ["pool"],
 )
-POOL_ALERTS = Counter("tokenpool_pool_alerts", "Health alerts by channel and outcome.", ["channel", "outcome"])
+REFILL_LAST_SUCCESS = Gauge(
+    "tokenpool_refill_last_success_timestamp_seconds",
+    "Unix time the last successful refill of the pool finished, by any runner (read from refill_runs by the "
+    "worker); while no run ever succeeded, the start of the pool's first run.", ["pool"],
+)
+POOL_ALERTS = Counter(
+    "tokenpool_pool_alerts", "Health alert deliveries by pool, channel (log, sns, webhook) and outcome (sent, failed).",
+    ["pool", "channel", "outcome"],
+)
 
 # --- Service -----------------------------------------------------------------------------------------
 HTTP_REQUESTS = Counter(
@@ -64,8 +77,10 @@ HTTP_PROBLEMS = Counter(
     ["status", "code"],
 )
 CARDS_CREATED = Counter(
-    "tokenpool_cards_created_total", "Cards created, by program and where the token pair came from.",
-    ["program", "token_source"],
+    "tokenpool_cards_created_total",
+    "Cards created, by program, where the token pair came from (token_source) and where the canary share "
+    "routed the request (routed_to): routed_to=pool with token_source=tome is a fallback (the pool was empty).",
+    ["program", "token_source", "routed_to"],
 )
 CARD_REPLAYS = Counter(
     "tokenpool_card_idempotent_replays_total", "Card creations answered with an existing card (Idempotency-Key)."
@@ -126,9 +141,84 @@ DB_OLDEST_TRANSACTION = Gauge(
 def forget_pools(pools: Iterable[str]) -> None:
     """Drops the gauge series of pools no longer registered as programs (counters keep their totals)."""
     for pool in pools:
-        for gauge in (POOL_HEALTH, POOL_HOURS_LEFT, POOL_AVAILABLE_BEFORE_REFILL):
+        for gauge in (POOL_HEALTH, POOL_HOURS_LEFT, POOL_AVAILABLE_BEFORE_REFILL, REFILL_LAST_SUCCESS):
             with contextlib.suppress(KeyError):
                 gauge.remove(pool)
         for status in ("available", "reserved", "used", "expired"):
             with contextlib.suppress(KeyError):
                 POOL_PAIRS.remove(pool, status)
+# --- Label values, for initialise_metrics (the code that counts uses the same literals) ----------------
+POOL_RESERVATION_OUTCOMES = ("reserved", "exhausted")
+POOL_COMMIT_OUTCOMES = ("committed", "replayed", "conflict", "lease_expired")
+DETOKENIZE_SOURCES = ("db", "tome", "none")
+TOME_OPERATIONS = ("issue", "tokenize", "detokenize")
+TOME_OUTCOMES = ("ok", "bad_request", "rate_limited", "server_error", "timeout", "connection_error", "bad_response",
+                 "cancelled", "breaker_open")
+TOME_RETRY_REASONS = ("server_error", "timeout", "connection_error", "rate_limited")
+TOME_BREAKER_STATES = ("closed", "half_open", "open")
+REFILL_OUTCOMES = ("succeeded", "failed", "skipped_lease_held", "stopped", "lease_lost")
+ALERT_OUTCOMES = ("sent", "failed")
+HTTP_ERROR_STATUSES = ("500", "503")
+CARD_SOURCES = ("pool", "tome")
+
+
+def initialise_metrics(
+    *,
+    pools: Iterable[str] = (),
+    cards: bool = False,
+    refills: bool = False,
+    alert_channels: Iterable[str] = (),
+    http_routes: Iterable[tuple[str, str]] = (),
+    pruned_tables: Iterable[str] = (),
+) -> None:
+    """Creates at 0 the labelled counters this process can emit, so that their first event is an increase.
+
+    ``pools``: the pools (card programs) the process serves. ``cards``: the API's card, reservation and
+    detokenize counters; ``refills``: the refill run counters; ``alert_channels``: the health alert
+    channels configured; ``http_routes``: (route template, method) pairs, each with the error statuses the
+    alerts read; ``pruned_tables``: the tables retention prunes. Cheap (a dictionary look-up per series):
+    the API calls it again on every scrape with the pools the database knows. Gauges are left alone: a
+    gauge at 0 would claim a value nobody measured (an empty pool).
+    """
+    pools = tuple(pools)
+    for pool in pools:
+        if cards:
+            for routed_to in CARD_SOURCES:
+                for source in CARD_SOURCES:
+                    CARDS_CREATED.labels(pool, source, routed_to)
+            for outcome in POOL_RESERVATION_OUTCOMES:
+                POOL_RESERVATIONS.labels(pool, outcome)
+        if refills:
+            for outcome in REFILL_OUTCOMES:
+                REFILL_RUNS.labels(pool, outcome)
+            REFILL_PAIRS_ADDED.labels(pool)
+            REFILL_TOME_REQUESTS.labels(pool)
+            POOL_PAIRS_ADDED.labels(pool)
+        for channel in alert_channels:
+            for outcome in ALERT_OUTCOMES:
+                POOL_ALERTS.labels(pool, channel, outcome)
+    if cards:
+        for outcome in POOL_COMMIT_OUTCOMES:
+            POOL_COMMITS.labels(outcome)
+        for source in DETOKENIZE_SOURCES:
+            DETOKENIZED_REFS.labels(source)
+        for operation in TOME_OPERATIONS:
+            TOME_CALLS_AVOIDED.labels(operation)
+    for route, method in http_routes:
+        for status in HTTP_ERROR_STATUSES:
+            HTTP_REQUESTS.labels(route, method, status)
+    for table in pruned_tables:
+        ROWS_PRUNED.labels(table)
+
+
+def initialise_tome_metrics(target: str, namespaces: Iterable[str]) -> None:
+    """The TOME client's counters at 0 for its base URL (``target``) and namespaces; called on construction."""
+    for state in TOME_BREAKER_STATES:
+        TOME_BREAKER_TRANSITIONS.labels(target, state)
+    for operation in TOME_OPERATIONS:
+        for reason in TOME_RETRY_REASONS:
+            TOME_RETRIES.labels(operation, reason)
+        for namespace in namespaces:
+            TOME_ITEMS.labels(namespace, operation)
+            for outcome in TOME_OUTCOMES:
+                TOME_REQUESTS.labels(namespace, operation, outcome)

@@ -33,6 +33,7 @@ from tokenpool.observability.metrics import (
     POOL_AVAILABLE_BEFORE_REFILL,
     POOL_PAIRS,
     REFILL_DURATION,
+    REFILL_LAST_SUCCESS,
     REFILL_PAIRS_ADDED,
     REFILL_RUNS,
     REFILL_TOME_REQUESTS,
@@ -264,6 +265,8 @@ class _Run:
         REFILL_TOME_REQUESTS.labels(self.pool).inc(self.result.tome_requests)
         if self.result.plan is not None:
             POOL_AVAILABLE_BEFORE_REFILL.labels(self.pool).set(self.result.plan.available)
+        if self.result.outcome is Outcome.SUCCEEDED:
+            REFILL_LAST_SUCCESS.labels(self.pool).set(time.time())
 
 
 def _first_error(errors: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -1,8 +1,13 @@
-"""A run's figures as CloudWatch EMF documents, under the same names as the Prometheus metrics."""
+"""A run's figures, and the health alerts sent after it, as CloudWatch EMF documents, under the same names
+and dimensions as the Prometheus metrics."""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
+
 from tokenpool.aws.emf import Metric, MetricDocument
+from tokenpool.monitoring.alerts import Delivery
 from tokenpool.refill.model import RefillResult
 
 
@@ -32,3 +37,16 @@ def emf_documents(result: RefillResult, pool_counts: dict[str, int] | None) -> l
             MetricDocument({"pool": result.pool, "status": status}, [Metric("tokenpool_pool_pairs", count)])
         )
     return documents
+
+
+def alert_documents(deliveries: Iterable[Delivery]) -> list[MetricDocument]:
+    """``tokenpool_pool_alerts`` per pool, channel and outcome (sent, failed): the Lambda has no scrape
+    endpoint, so its alert deliveries are counted here. Nothing when there was nothing to tell."""
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for delivery in deliveries:
+        for outcome, channels in (("sent", delivery.delivered), ("failed", delivery.failed)):
+            for channel in channels:
+                counts[delivery.alert.pool, channel, outcome] += 1
+    return [MetricDocument({"pool": pool, "channel": channel, "outcome": outcome},
+                           [Metric("tokenpool_pool_alerts", count)])
+            for (pool, channel, outcome), count in sorted(counts.items())]

@@ -2,6 +2,10 @@
 reservation lease janitor (which also publishes the oldest open transaction's age) and the daily
 retention prune, until asked to stop.
 
+Each poll also publishes when the pool's last refill succeeded (``tokenpool_refill_last_success_timestamp_seconds``)
+as ``refill_runs`` records it: a restarted worker shows the true age at once, before its first run, and a run
+by the CLI or a Lambda counts as much as the worker's own.
+
 Low watermark by short poll, not LISTEN/NOTIFY: the poll reads the trigger-kept counters (a few dozen
 rows) every ``worker_poll_s``, costs nothing measurable, needs no change on the claim path and works
 on CockroachDB, which has no LISTEN/NOTIFY. Its delay (one poll interval) is small against the hours
@@ -20,10 +24,10 @@ import math
 import time
 
 from tokenpool.db.retention import prune, publish_oldest_transaction_age
-from tokenpool.monitoring.alerts import Alerter
+from tokenpool.monitoring.alerts import Alerter, alert_channels
 from tokenpool.monitoring.health import check_pool_health
 from tokenpool.observability.logging import get_logger
-from tokenpool.observability.metrics import DB_OLDEST_TRANSACTION, forget_pools
+from tokenpool.observability.metrics import DB_OLDEST_TRANSACTION, REFILL_LAST_SUCCESS, forget_pools, initialise_metrics
 from tokenpool.programs import Program
 from tokenpool.refill.job import RefillDeps, refill_pool
 from tokenpool.refill.model import Outcome, Trigger
@@ -50,6 +54,7 @@ class RefillWorker:
         self._failures: dict[str, int] = {}
         self.kept: list[str] = []  # the programs of the last poll
         self._polled = False
+        self.alert_channels = alert_channels(self.settings) if alerter is not None else ()
         self.runs: list[tuple[str, Trigger, Outcome]] = []  # for observability and tests
 
     async def run(self) -> None:
@@ -136,6 +141,8 @@ class RefillWorker:
                 self._next_scheduled[name] = now
                 self._not_before[name] = now
                 self._failures[name] = 0
+                # Its counters at 0 before its first run, so that run is an increase (alerts read increase()).
+                initialise_metrics(pools=[name], refills=True, alert_channels=self.alert_channels)
         if dropped := [name for name in self._next_scheduled if name not in names]:
             log.info("worker.programs_dropped", pools=dropped, reason="no longer registered")
             for name in dropped:
@@ -144,10 +151,20 @@ class RefillWorker:
         self.kept = names
         self._polled = True
 
+    async def _publish_last_success(self, pool: str) -> None:
+        try:
+            at = await self.deps.journal.last_success(pool)
+        except Exception as exc:  # keep the last value: it is still when the last success was
+            log.warning("worker.last_success_unread", pool=pool, error=f"{type(exc).__name__}: {exc}")
+            return
+        if at is not None:  # no run recorded yet: this worker is about to start one
+            REFILL_LAST_SUCCESS.labels(pool).set(at.timestamp())
+
     async def _tend(self, program: Program) -> None:
         pool = program.name
         health = await check_pool_health(self.deps.store, self.deps.samples, self.settings, pool,
                                           target=program.target_in(self.settings))
+        await self._publish_last_success(pool)  # before this poll's run: a restarted worker shows the true age
         if self.alerter is not None:
             await self.alerter.on_health(self.deps.samples, health)
         now = time.monotonic()

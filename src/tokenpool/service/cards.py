@@ -124,7 +124,7 @@ class CardService:
         # No look-up of the Idempotency-Key first: the card statement takes the key itself, and a replay's
         # statement finds it taken (one round trip either way).
         try:
-            return await self._create_from_pool(order, claim), True
+            return await self._create_from_pool(order, claim, routed_to=TokenSource.POOL), True
         except PoolExhausted:
             log.info("card.pool_empty.tome_fallback", program=order.program)
         if (replayed := await self._replayed(order, claim)) is not None:
@@ -138,7 +138,7 @@ class CardService:
                 f"Pool {order.program!r} is empty and TOME is unavailable; nothing was written.",
                 _retry_after(error, self._settings.service_retry_after_s),
             ) from error
-        return await self._create_from_tome_pair(order, claim, journaled), True
+        return await self._create_from_tome_pair(order, claim, journaled, routed_to=TokenSource.POOL), True
 
     async def _create_routed_to_tome(self, order: CardOrder, claim: IdempotencyClaim, pairs: TomePairs, *,
                                      pool_allowed: bool) -> tuple[Card, bool]:
@@ -154,30 +154,31 @@ class CardService:
                 ) from error
             log.warning("card.tome_down.pool_fallback", program=order.program, error=str(error)[:200])
             try:
-                return await self._create_from_pool(order, claim), True
+                return await self._create_from_pool(order, claim, routed_to=TokenSource.TOME), True
             except PoolExhausted:
                 raise TemporarilyUnavailable(
                     "POOL_EXHAUSTED_TOME_UNAVAILABLE",
                     f"TOME is unavailable and pool {order.program!r} is empty; nothing was written.",
                     _retry_after(error, self._settings.service_retry_after_s),
                 ) from None
-        return await self._create_from_tome_pair(order, claim, journaled), True
+        return await self._create_from_tome_pair(order, claim, journaled, routed_to=TokenSource.TOME), True
 
-    async def _create_from_pool(self, order: CardOrder, claim: IdempotencyClaim) -> Card:
+    async def _create_from_pool(self, order: CardOrder, claim: IdempotencyClaim, *, routed_to: TokenSource) -> Card:
         card_id = uuid.uuid4()
         outcome = await self._batcher.create(order.program, PoolCardOrder(card_id, order.customer_ref, claim))
         if outcome.card is None:
             if not outcome.pair_claimed:
                 raise PoolExhausted(order.program)
             raise _KeyTaken
-        CARDS_CREATED.labels(order.program, TokenSource.POOL.value).inc()
+        # routed_to: where the canary share sent the request; a TOME card routed to the pool is a fallback.
+        CARDS_CREATED.labels(order.program, TokenSource.POOL.value, routed_to.value).inc()
         TOME_CALLS_AVOIDED.labels("issue").inc()
         TOME_CALLS_AVOIDED.labels("tokenize").inc()
         log.info("card.created", card_id=str(card_id), program=order.program, source=TokenSource.POOL.value)
         return await self._cards.open_pool_card(outcome.card)
 
-    async def _create_from_tome_pair(self, order: CardOrder, claim: IdempotencyClaim,
-                                     journaled: JournaledPair) -> Card:
+    async def _create_from_tome_pair(self, order: CardOrder, claim: IdempotencyClaim, journaled: JournaledPair, *,
+                                     routed_to: TokenSource) -> Card:
         card_id = uuid.uuid4()
         pair = journaled.pair
         try:
@@ -203,7 +204,7 @@ class CardService:
         except PairReclaimed as reclaimed:
             raise TemporarilyUnavailable(reclaimed.code, reclaimed.detail,
                                          self._settings.service_retry_after_s) from None
-        CARDS_CREATED.labels(order.program, TokenSource.TOME.value).inc()
+        CARDS_CREATED.labels(order.program, TokenSource.TOME.value, routed_to.value).inc()
         log.info("card.created", card_id=str(card_id), program=order.program, source=TokenSource.TOME.value)
         return card
 

@@ -42,6 +42,7 @@ from tokenpool.observability.metrics import (
     TOME_REQUEST_SECONDS,
     TOME_REQUESTS,
     TOME_RETRIES,
+    initialise_tome_metrics,
 )
 from tokenpool.settings import Settings
 from tokenpool.tome.contract import (
@@ -294,6 +295,7 @@ class TomeClient:
             self.base_url, BreakerConfig.from_settings(settings), clock=clock, on_state_change=self._on_breaker_change
         )
         TOME_BREAKER_STATE.labels(self.base_url).set(BREAKER_STATE_VALUE[BreakerState.CLOSED])
+        initialise_tome_metrics(self.base_url, (settings.tome_ns1, settings.tome_ns2))  # first events count
         self._timeout = httpx.Timeout(
             connect=settings.tome_connect_timeout_s,
             read=settings.tome_read_timeout_s,

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tokenpool.db.errors import DatabaseUnavailable
 from tokenpool.monitoring.health import check_pool_health
 from tokenpool.observability.logging import get_logger
-from tokenpool.observability.metrics import POOL_PAIRS, forget_pools
+from tokenpool.observability.metrics import POOL_PAIRS, forget_pools, initialise_metrics
 from tokenpool.pool.model import PairStatus, PoolStats
 from tokenpool.service.auth import METRICS_READ, POOLS_READ, Principal
 from tokenpool.service.problems import ProblemError
@@ -79,6 +79,7 @@ async def _refresh_pool_gauges(found: Components) -> None:
     try:
         async with found.db.guard(found.settings.service_readiness_timeout_s):
             names = [program.name for program in await found.programs.registered()]
+            initialise_metrics(pools=names, cards=True)  # a program's first fallback is then an increase
             for name in names:
                 _publish(await found.store.stats(name))
     except DatabaseUnavailable:
