@@ -32,10 +32,10 @@ async def test_the_api_prints_cards_by_source_latency_and_tome_calls_avoided(
         validate_emf(document)
         assert document["process"] == "api"
 
-    cards = metric_values(documents, "tokenpool_cards_created", program=POOL, token_source="pool")
+    cards = metric_values(documents, "tokenpool_cards_created", program=POOL, token_source="pool", routed_to="pool")
     # Increases add up to the counter: the first report counts from the process start, the last one to the stop.
     assert sum(cards) == REGISTRY.get_sample_value("tokenpool_cards_created_total",
-                                                   {"program": POOL, "token_source": "pool"})
+                                                   {"program": POOL, "token_source": "pool", "routed_to": "pool"})
     assert len(cards) >= 2
     assert sum(cards) >= 2
     where = {"route": "/v1/cards", "method": "POST"}

@@ -231,7 +231,7 @@ def test_an_alert_the_invocation_could_not_deliver_is_counted_in_emf_and_sent_by
     monkeypatch.setenv("TOKENPOOL_REFILL_TARGET", "100")
     get_settings.cache_clear()
     failing_webhook.fail_next = 1
-    few = {**SCHEDULED_EVENT, "detail": {"count": 1}}  # 1, 2, 3 of a target of 100: CRITICAL
+    few = {**SCHEDULED_EVENT, "detail": {"pool": "default", "count": 1}}  # 1, 2, 3 of a target of 100: CRITICAL
 
     first = lambda_refill.handler(few, LambdaContext())
     first_documents = emf_lines(capsys.readouterr().out)
