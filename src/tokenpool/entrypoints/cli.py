@@ -24,6 +24,7 @@ from tokenpool.entrypoints import (
     cli_keys,
     cli_programs,
     cli_refill,
+    cli_rollout,
     cli_service,
     tome_emulator_cli,
 )
@@ -43,6 +44,7 @@ cli_service.register(app)
 cli_refill.register(app)
 cli_keys.register(app)
 cli_programs.register(app)
+cli_rollout.register(app)
 cli_audit.register(app)
 
 console = Console()

@@ -17,8 +17,10 @@ from rich.console import Console
 from rich.table import Table
 
 from tokenpool import bootstrap
+from tokenpool.db.program_store import ProgramStore
+from tokenpool.programs import UnknownProgram
 from tokenpool.service.auth import ApiKeyError, ApiKeys, parse_scopes
-from tokenpool.service.runtime_config import KNOWN_KEYS, parse_percent, read_all, write
+from tokenpool.service.runtime_config import KNOWN_KEYS, parse_percent, read_all, traffic_key, write
 from tokenpool.settings import Settings, get_settings
 
 console = Console()
@@ -147,36 +149,52 @@ def apikey_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
     console.print(table)
 
 
+ProgramOption = Annotated[
+    str | None,
+    typer.Option("--program", help="One registered program (its own value wins over the shared one); "
+                                   "unset: the value shared by every program."),
+]
+
+
 @config_app.command("set")
 def config_set(
     key: Annotated[str, typer.Argument(help="pool-traffic-percent")],
     value: Annotated[str, typer.Argument(help="0..100")],
+    program: ProgramOption = None,
 ) -> None:
-    """Set a runtime setting, e.g. `tokenpool config set pool-traffic-percent 10`."""
-    stored_key = _known_key(key)
+    """Set a runtime setting, e.g. `tokenpool config set pool-traffic-percent 10 --program gold`.
+
+    Exit: 0 set, 2 an unknown setting, a value out of range or an unregistered program."""
+    _known_key(key)
     percent = parse_percent(value)
     if percent is None:
         err_console.print("[red]error:[/] pool-traffic-percent must be an integer 0..100")
         raise typer.Exit(2)
-    asyncio.run(_write(get_settings(), stored_key, percent))
-    console.print(f"{key} = {percent} (services pick it up within their cache TTL)")
+    asyncio.run(_write(get_settings(), program, percent))
+    where = f" for program {program!r}" if program else " for every program without its own value"
+    console.print(f"{key} = {percent}{where} (services pick it up within their cache TTL)")
 
 
 @config_app.command("unset")
-def config_unset(key: Annotated[str, typer.Argument(help="pool-traffic-percent")]) -> None:
-    """Remove a runtime setting: services fall back to their environment default."""
-    asyncio.run(_write(get_settings(), _known_key(key), None))
-    console.print(f"{key} unset")
+def config_unset(key: Annotated[str, typer.Argument(help="pool-traffic-percent")],
+                 program: ProgramOption = None) -> None:
+    """Remove a runtime setting: a program falls back to the shared value, the shared value to the
+    environment default."""
+    _known_key(key)
+    asyncio.run(_write(get_settings(), program, None))
+    console.print(f"{key} unset" + (f" for program {program!r}" if program else ""))
 
 
 @config_app.command("show")
 def config_show() -> None:
-    """Runtime settings as JSON (stored values, and the environment default of each)."""
+    """Runtime settings as JSON (stored values, per program too, and the environment default)."""
     settings = get_settings()
     stored = asyncio.run(_read(settings))
+    prefix = traffic_key("")
     typer.echo(json.dumps({
         "pool-traffic-percent": {
-            "stored": stored.get(KNOWN_KEYS["pool-traffic-percent"]),
+            "stored": stored.get(traffic_key(None)),
+            "programs": {key[len(prefix):]: value for key, value in sorted(stored.items()) if key.startswith(prefix)},
             "default": settings.pool_traffic_percent,
         }
     }))
@@ -198,9 +216,15 @@ async def _with_keys(settings: Settings, action: Any) -> Any:
         return await action(ApiKeys(db.db))
 
 
-async def _write(settings: Settings, key: str, value: Any) -> None:
+async def _write(settings: Settings, program: str | None, value: Any) -> None:
     async with bootstrap.open_database(settings, max_size=2) as db:
-        await write(db.db, key, value)
+        if program is not None:
+            try:
+                await ProgramStore(db.db).require(program)
+            except UnknownProgram as unknown:
+                err_console.print(f"[red]error:[/] {unknown.detail}")
+                raise typer.Exit(2) from None
+        await write(db.db, traffic_key(program), value)
 
 
 async def _read(settings: Settings) -> dict[str, Any]:

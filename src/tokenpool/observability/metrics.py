@@ -93,7 +93,8 @@ TOME_CALLS_AVOIDED = Counter(
     "tokenpool_tome_calls_avoided_total", "TOME calls the pool or the database made unnecessary.", ["operation"]
 )
 POOL_TRAFFIC_PERCENT = Gauge(
-    "tokenpool_pool_traffic_percent", "Share of card creations routed to the pool (canary), as last read."
+    "tokenpool_pool_traffic_percent", "Share of a program's card creations routed to the pool (canary), as last read.",
+    ["program"],
 )
 
 # --- TOME -----------------------------------------------------------------------------------------

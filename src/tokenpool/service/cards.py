@@ -17,6 +17,7 @@ pair into the pool instead of wasting it.
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from uuid import UUID
@@ -78,7 +79,9 @@ class CardService:
         self._config = config
         self._settings = settings
         self._programs = programs
-        self._splitter = TrafficSplitter()
+        # One splitter per program: each program's share is exact on its own (10 % of gold's cards, not 10 %
+        # of all cards landing wherever). Only registered programs get here, so the dict stays small.
+        self._splitters: defaultdict[str, TrafficSplitter] = defaultdict(TrafficSplitter)
         self._batcher: CardBatcher[PoolCardOrder, PoolCardOutcome] = CardBatcher(
             self._create_many_from_pool, isolate=lambda error: not isinstance(error, DatabaseUnavailable))
 
@@ -101,9 +104,9 @@ class CardService:
             async with self._db.guard():
                 await self._vault.ready()
         claim = self._claim(order)
-        percent = await self._config.pool_traffic_percent()
+        percent = await self._config.pool_traffic_percent(order.program)
         try:
-            if self._splitter.choose(percent) is TokenSource.POOL:
+            if self._splitters[order.program].choose(percent) is TokenSource.POOL:
                 return await self._create_routed_to_pool(order, claim, pairs)
             return await self._create_routed_to_tome(order, claim, pairs, pool_allowed=percent > 0)
         except _KeyTaken:

@@ -1,8 +1,9 @@
 """Settings changed at run time without a restart: rows of ``runtime_config``, reread every few seconds.
 
-Today one: ``pool_traffic_percent`` (the canary share), set with
-``tokenpool config set pool-traffic-percent N``. The environment variable
-``TOKENPOOL_POOL_TRAFFIC_PERCENT`` is the default when no row exists. Why a table rather than a
+Today one: ``pool_traffic_percent`` (the canary share), set for every program with
+``tokenpool config set pool-traffic-percent N`` and for one with ``... --program P`` (stored as
+``pool_traffic_percent:P``; a program's own value wins over the shared one). The environment variable
+``TOKENPOOL_POOL_TRAFFIC_PERCENT`` is the default when neither row exists. Why a table rather than a
 signal: every instance of the service (and every worker process) sees the same value within the
 cache TTL, and the current value is visible to anyone who can read the database.
 """
@@ -27,6 +28,11 @@ KNOWN_KEYS = {"pool-traffic-percent": POOL_TRAFFIC_PERCENT_KEY}
 log = get_logger("tokenpool.service.runtime_config")
 
 
+def traffic_key(program: str | None) -> str:
+    """The runtime_config key of the canary share: one program's, or (None) every program's."""
+    return POOL_TRAFFIC_PERCENT_KEY if program is None else f"{POOL_TRAFFIC_PERCENT_KEY}:{program}"
+
+
 def parse_percent(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | str):
         return None
@@ -49,11 +55,15 @@ class RuntimeConfig:
         self._loaded = False
         self._refreshing: asyncio.Task[None] | None = None
 
-    async def pool_traffic_percent(self) -> int:
+    async def pool_traffic_percent(self, program: str) -> int:
+        """The share of ``program``'s card creations served from the pool: its own value, else the shared
+        one, else the environment default."""
         await self._refresh_if_stale()
-        percent = parse_percent(self._values.get(POOL_TRAFFIC_PERCENT_KEY))
+        percent = parse_percent(self._values.get(traffic_key(program)))
+        if percent is None:
+            percent = parse_percent(self._values.get(POOL_TRAFFIC_PERCENT_KEY))
         result = self._default_percent if percent is None else percent
-        POOL_TRAFFIC_PERCENT.set(result)
+        POOL_TRAFFIC_PERCENT.labels(program).set(result)
         return result
 
     async def _refresh_if_stale(self) -> None:
