@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
 from tokenpool.aws.emf_reporter import SERVICE_FIGURES, emf_reporting
 from tokenpool.cards.errors import CardError, IdempotencyKeyInUse, IdempotencyKeyReused, TemporarilyUnavailable
@@ -25,7 +26,7 @@ from tokenpool.observability.metrics import initialise_metrics
 from tokenpool.pool.errors import LeaseExpired, PoolError, ReservationConflict, UnknownReservation
 from tokenpool.programs import ProgramError, UnknownProgram
 from tokenpool.service.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from tokenpool.service.problems import install_problem_handlers, problem_response
+from tokenpool.service.problems import PROBLEM_SCHEMA, install_problem_handlers, problem_response
 from tokenpool.service.routes import cards, detokenize, operations, reservations
 from tokenpool.service.schemas import CreateCardRequest
 from tokenpool.service.state import build_components
@@ -37,6 +38,8 @@ from tokenpool.vault import KeyProvider, KeyProviderError, VaultError, key_provi
 TomeFactory = Callable[[], AbstractAsyncContextManager[TomePort]]
 
 log = get_logger("tokenpool.service")
+
+DOCS_ASSETS = "/docs/assets"
 
 # Every domain error the services raise, and the HTTP status it answers with. Each error carries its
 # stable ``code`` (docs/api.md); the status is the HTTP layer's business alone.
@@ -65,11 +68,15 @@ def create_app(settings: Settings, *, database_url: str, tome_factory: TomeFacto
         finally:
             await db.close()
 
-    app = FastAPI(
+    # /docs (Swagger UI) and /redoc load their scripts and styles from this app (/docs/assets, files of the
+    # fastapi-offline package), never from a CDN: they work without internet access.
+    app = FastAPIOffline(
         title="tokenpool",
         summary="Cards with token pairs from a prefetched pool; detokenize from the database.",
         version="1.0",
         lifespan=lifespan,
+        static_url=DOCS_ASSETS,
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from swagger.io
     )
     install_problem_handlers(app, max_refs=settings.service_max_detokenize_refs)
     install_refusal_audit(app)
@@ -109,7 +116,7 @@ def create_app(settings: Settings, *, database_url: str, tome_factory: TomeFacto
     app.add_middleware(RequestContextMiddleware)
     for module in (cards, detokenize, reservations, operations):
         app.include_router(module.router)
-    _add_problem_schema(app)
+    _complete_openapi(app, max_refs=settings.service_max_detokenize_refs)
     return app
 
 
@@ -120,8 +127,9 @@ def _route_methods(app: FastAPI) -> list[tuple[str, str]]:
     return [(path, method.upper()) for path, operations in paths.items() for method in operations]
 
 
-def _add_problem_schema(app: FastAPI) -> None:
-    """Adds the schemas the routes refer to but FastAPI does not see: Problem, and a hand-parsed body."""
+def _complete_openapi(app: FastAPI, *, max_refs: int) -> None:
+    """Adds the schemas the routes refer to but FastAPI does not see (Problem, a hand-parsed body), and the
+    configured detokenize limit (the model's own bound is a hard cap)."""
     original = app.openapi
 
     def openapi() -> dict[str, object]:
@@ -132,14 +140,8 @@ def _add_problem_schema(app: FastAPI) -> None:
         # The body of POST /v1/cards, which that route parses itself (routes/cards.py).
         components["CreateCardRequest"] = CreateCardRequest.model_json_schema(
             ref_template="#/components/schemas/{model}")
-        components["Problem"] = {
-            "type": "object",
-            "required": ["type", "title", "status", "detail", "code", "correlation_id"],
-            "properties": {
-                "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
-                "detail": {"type": "string"}, "code": {"type": "string"}, "correlation_id": {"type": "string"},
-            },
-        }
+        components["Problem"] = PROBLEM_SCHEMA
+        components["DetokenizeRequest"]["properties"]["external_refs"]["maxItems"] = max_refs
         app.openapi_schema = schema
         return schema
 

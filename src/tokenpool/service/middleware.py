@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenpool.observability.logging import get_logger
+from tokenpool.observability.masking import mask_text
 from tokenpool.observability.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from tokenpool.service.correlation import CORRELATION_HEADER, choose_correlation_id, set_correlation_id
 from tokenpool.service.problems import problem_response
@@ -45,11 +46,13 @@ class RequestContextMiddleware:
         structlog.contextvars.bind_contextvars(correlation_id=correlation_id)
         started = time.perf_counter()
         status = 500  # unless a response starts: an exception escaping here becomes a 500 problem
+        started_response = False
 
         async def send_with_context(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started_response = True
                 headers = MutableHeaders(scope=message)
                 if CORRELATION_HEADER not in headers:
                     headers.append(CORRELATION_HEADER, correlation_id)
@@ -57,6 +60,14 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_context)
+        except Exception as error:
+            # Answered here, not by Starlette's outermost handler: that one re-raises after answering, and
+            # uvicorn then closes the connection, so a client's next request on it (keep-alive) is reset.
+            if started_response:
+                raise
+            log.error("unhandled.error", error_type=type(error).__name__, error=mask_text(str(error))[:300])
+            await problem_response(500, "INTERNAL_ERROR", "An unexpected error occurred; quote the correlation id.")(
+                scope, receive, send_with_context)
         finally:
             elapsed = time.perf_counter() - started
             route = route_template(scope)

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tokenpool.observability.logging import get_logger
 from tokenpool.observability.metrics import HTTP_PROBLEMS
 from tokenpool.service.correlation import current_correlation_id
+from tokenpool.service.text import INVALID_CHARACTERS, INVALID_CHARACTERS_ERROR, MESSAGE
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 TYPE_BASE = "https://tokenpool.dev/problems/"
@@ -34,6 +35,24 @@ _TITLES = {
 _HTTP_CODES = {
     400: "BAD_REQUEST", 401: "AUTHENTICATION_REQUIRED", 403: "INSUFFICIENT_SCOPE", 404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED", 413: "BODY_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE",
+}
+
+
+# The body of every problem response, as the OpenAPI document declares it (components/schemas/Problem).
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "RFC 9457 problem details; `code` is stable (docs/api.md).",
+    "required": ["type", "title", "status", "detail", "code", "correlation_id"],
+    "properties": {
+        "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+        "detail": {"type": "string"}, "code": {"type": "string"}, "correlation_id": {"type": "string"},
+        "errors": {
+            "type": "array", "description": "Validation problems: where and what, never the input.",
+            "items": {"type": "object", "required": ["loc", "msg", "type"], "properties": {
+                "loc": {"type": "array", "items": {"type": "string"}},
+                "msg": {"type": "string"}, "type": {"type": "string"}}},
+        },
+    },
 }
 
 
@@ -89,8 +108,30 @@ def _validation_problem(error: RequestValidationError, max_refs: int) -> JSONRes
         {"loc": [str(part) for part in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": e.get("type")}
         for e in errors
     ]
+    refused = [e for e in errors if e.get("type") == INVALID_CHARACTERS_ERROR]
+    if refused:
+        return invalid_characters([field_name(e.get("loc", ())) for e in refused], details)
     summary = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in details[:5])
     return problem_response(422, "VALIDATION_ERROR", summary or "Invalid request.", extra={"errors": details})
+
+
+def field_name(loc: Any) -> str:
+    """``("body", "external_refs", 3)`` -> ``external_refs[3]``; ``("path", "card_id")`` -> ``card_id``."""
+    parts = [part for part in loc if part not in ("body", "path", "query", "header")]
+    name = ""
+    for part in parts:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or "body"
+
+
+def invalid_characters(fields: list[str], details: list[dict[str, Any]]) -> JSONResponse:
+    """422 INVALID_CHARACTERS naming the fields (service/text.py: which characters, and why)."""
+    named = ", ".join(dict.fromkeys(fields[:5])) + (", ..." if len(fields) > 5 else "")
+    return problem_response(422, INVALID_CHARACTERS, invalid_characters_detail(named), extra={"errors": details})
+
+
+def invalid_characters_detail(named: str) -> str:
+    return f"Invalid characters in {named}: {MESSAGE[0].lower()}{MESSAGE[1:]}."
 
 
 def install_problem_handlers(app: FastAPI, *, max_refs: int) -> None:

@@ -9,11 +9,15 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from tokenpool.cards import Card
+from tokenpool.service.text import PlainText
 
-Program = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-CustomerRef = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-ExternalRef = Annotated[str, StringConstraints(min_length=1, max_length=256)]
-CardRef = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+# Every string of a request has bounds and refuses control characters (service/text.py): the OpenAPI
+# document states both (minLength, maxLength, pattern).
+PROGRAM_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+Program = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=PROGRAM_PATTERN), PlainText()]
+CustomerRef = Annotated[str, StringConstraints(min_length=1, max_length=128), PlainText()]
+ExternalRef = Annotated[str, StringConstraints(min_length=1, max_length=256), PlainText()]
+CardRef = Annotated[str, StringConstraints(min_length=1, max_length=128), PlainText()]
 
 
 class _Request(BaseModel):
@@ -21,6 +25,8 @@ class _Request(BaseModel):
 
 
 class CreateCardRequest(_Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"program": "default", "customer_ref": "cust-0001"}]})
+
     program: Program = Field(description="Card program: the pool to take the token pair from.")
     customer_ref: CustomerRef
 
@@ -44,6 +50,8 @@ class CardResponse(BaseModel):
 
 
 class DetokenizeRequest(_Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"external_refs": ["ext_0001", "ext_0002"]}]})
+
     # The hard cap keeps validation itself cheap; the configured limit (TOO_MANY_REFS) is lower.
     external_refs: list[ExternalRef] = Field(min_length=1, max_length=10_000)
 
@@ -69,6 +77,8 @@ class DetokenizeResponse(BaseModel):
 
 
 class ReservationRequest(_Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"program": "default"}]})
+
     program: Program
 
 
@@ -82,6 +92,8 @@ class ReservationResponse(BaseModel):
 
 
 class CommitRequest(_Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"card_ref": "card-0001"}]})
+
     card_ref: CardRef
 
 
@@ -104,3 +116,13 @@ class PoolResponse(BaseModel):
     total: int
     consumption_per_hour: float | None
     hours_left: float | None
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadinessResponse(BaseModel):
+    status: Literal["ready"]
+    database: Literal["ok"]
+    tome_breaker: str = Field(description="TOME's circuit breaker: `closed`, `open` or `half_open`.")

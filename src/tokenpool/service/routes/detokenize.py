@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from tokenpool.service.auth import TOKENS_DETOKENIZE, Principal
 from tokenpool.service.correlation import current_correlation_id
 from tokenpool.service.problems import ProblemError
-from tokenpool.service.routes.docs import PROBLEMS
+from tokenpool.service.routes.docs import AUTHENTICATED, WITH_BODY, problems
 from tokenpool.service.schemas import DetokenizeRequest, DetokenizeResponse, DetokenizeResult, ResponseWarning
 from tokenpool.service.security import require
 from tokenpool.service.state import components
@@ -17,7 +17,12 @@ from tokenpool.service.state import components
 router = APIRouter(prefix="/v1", tags=["tokens"])
 
 
-@router.post("/detokenize", response_model=DetokenizeResponse, responses=PROBLEMS)
+@router.post("/detokenize", response_model=DetokenizeResponse, operation_id="detokenize", responses=problems(
+    *AUTHENTICATED, *WITH_BODY, details={
+        403: "The scope needed: `tokens:detokenize`.",
+        422: "`TOO_MANY_REFS`: more `external_refs` than the service's limit (`maxItems`).",
+        503: "`TOME_UNAVAILABLE`: no ref in the database and TOME down.",
+    }))
 async def detokenize(
     body: DetokenizeRequest,
     request: Request,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -15,8 +15,8 @@ from tokenpool.observability.metrics import POOL_PAIRS, forget_pools, initialise
 from tokenpool.pool.model import PairStatus, PoolStats
 from tokenpool.service.auth import METRICS_READ, POOLS_READ, Principal
 from tokenpool.service.problems import ProblemError
-from tokenpool.service.routes.docs import PROBLEMS
-from tokenpool.service.schemas import PoolResponse
+from tokenpool.service.routes.docs import AUTHENTICATED, ProgramName, problems
+from tokenpool.service.schemas import HealthResponse, PoolResponse, ReadinessResponse
 from tokenpool.service.security import require
 from tokenpool.service.state import Components, components
 
@@ -29,14 +29,16 @@ def _publish(stats: PoolStats) -> None:
         POOL_PAIRS.labels(stats.pool, status.value.lower()).set(stats.count(status))
 
 
-@router.get("/healthz")
-async def healthz() -> dict[str, str]:
+@router.get("/healthz", operation_id="getHealth")
+async def healthz() -> HealthResponse:
     """The process is alive (no dependency is checked)."""
-    return {"status": "ok"}
+    return HealthResponse(status="ok")
 
 
-@router.get("/readyz", responses={503: PROBLEMS["5XX"]})
-async def readyz(request: Request) -> dict[str, Any]:
+@router.get("/readyz", operation_id="getReadiness", responses=problems(503, details={
+    503: "`DATABASE_UNAVAILABLE`: the database did not answer in time (the problem adds `database` and "
+         "`tome_breaker`)."}))
+async def readyz(request: Request) -> ReadinessResponse:
     """Ready when the database answers within a short timeout; reports TOME's breaker state."""
     found = components(request)
     breaker = found.tome.breaker_state()
@@ -46,19 +48,24 @@ async def readyz(request: Request) -> dict[str, Any]:
             headers={"Retry-After": str(found.settings.service_retry_after_s)},
             extra={"database": "unavailable", "tome_breaker": breaker},
         )
-    return {"status": "ready", "database": "ok", "tome_breaker": breaker}
+    return ReadinessResponse(status="ready", database="ok", tome_breaker=breaker)
 
 
-@router.get("/metrics", response_class=Response, responses=PROBLEMS)
+@router.get("/metrics", response_class=Response, operation_id="getMetrics", responses={
+    200: {"description": "Prometheus text exposition.",
+          "content": {"text/plain": {"schema": {"type": "string"}}}},
+    **problems(*AUTHENTICATED, details={403: "The scope needed: `metrics:read`."})})
 async def metrics(request: Request, _principal: Annotated[Principal, Depends(require(METRICS_READ))]) -> Response:
     """Prometheus exposition; needs a key with scope metrics:read (scrape with a bearer token)."""
     await _refresh_pool_gauges(components(request))
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/pools/{program}", response_model=PoolResponse, responses=PROBLEMS, tags=["pools"])
+@router.get("/v1/pools/{program}", response_model=PoolResponse, tags=["pools"], operation_id="getPool",
+            responses=problems(*AUTHENTICATED, 404, 422, details={
+                403: "The scope needed: `pools:read`.", 404: "`POOL_NOT_FOUND`: the pool never held a pair."}))
 async def pool(
-    program: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")],
+    program: ProgramName,
     request: Request,
     _principal: Annotated[Principal, Depends(require(POOLS_READ))],
 ) -> PoolResponse:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 
 from tokenpool.service.auth import RESERVATIONS_WRITE, Principal
 from tokenpool.service.problems import ProblemError
-from tokenpool.service.routes.docs import PROBLEMS
+from tokenpool.service.routes.docs import AUTHENTICATED, WITH_BODY, ReservationId, link, problems
 from tokenpool.service.schemas import CommitRequest, ReservationOutcome, ReservationRequest, ReservationResponse
 from tokenpool.service.security import require
 from tokenpool.service.state import components
@@ -26,7 +26,21 @@ def _reservation_id(text: str) -> uuid.UUID:
         raise ProblemError(404, "RESERVATION_NOT_FOUND", "No reservation with this id.") from None
 
 
-@router.post("/reservations", status_code=201, response_model=ReservationResponse, responses=PROBLEMS)
+_RESERVATION_LINKS = {
+    "CommitReservation": link("commitReservation", "Commit the pair to a card.",
+                              parameters={"reservation_id": "$response.body#/reservation_id"}),
+    "ReleaseReservation": link("releaseReservation", "Give the pair back.",
+                               parameters={"reservation_id": "$response.body#/reservation_id"}),
+}
+_SCOPE = "The scope needed: `reservations:write`."
+_NOT_FOUND = "`RESERVATION_NOT_FOUND`: no such reservation (or an id that is no UUID); a released reservation is gone."
+_FINISHED = {409: "`RESERVATION_CONFLICT`: committed to another card, or released after commit.",
+             410: "`RESERVATION_LEASE_EXPIRED`: the lease lapsed; the pair is quarantined."}
+
+
+@router.post("/reservations", status_code=201, response_model=ReservationResponse, operation_id="createReservation",
+             responses={201: {"description": "The reserved pair.", "links": _RESERVATION_LINKS},
+                        **problems(*AUTHENTICATED, *WITH_BODY, details={403: _SCOPE})})
 async def reserve(body: ReservationRequest, request: Request, _principal: Writer) -> ReservationResponse:
     """Hold a token pair for a lease; commit it to a card or release it before the lease lapses."""
     reservation, source = await components(request).reservations.reserve(body.program)
@@ -37,9 +51,11 @@ async def reserve(body: ReservationRequest, request: Request, _principal: Writer
     )
 
 
-@router.post("/reservations/{reservation_id}/commit", response_model=ReservationOutcome, responses=PROBLEMS)
+@router.post("/reservations/{reservation_id}/commit", response_model=ReservationOutcome,
+             operation_id="commitReservation", responses=problems(
+                 *AUTHENTICATED, *WITH_BODY, 404, 409, 410, details={403: _SCOPE, 404: _NOT_FOUND, **_FINISHED}))
 async def commit(
-    reservation_id: str, body: CommitRequest, request: Request, _principal: Writer
+    reservation_id: ReservationId, body: CommitRequest, request: Request, _principal: Writer
 ) -> ReservationOutcome:
     """Mark the pair used by ``card_ref``; repeating it for the same card is harmless."""
     parsed = _reservation_id(reservation_id)
@@ -47,8 +63,10 @@ async def commit(
     return ReservationOutcome(reservation_id=parsed, status="committed", card_ref=body.card_ref)
 
 
-@router.post("/reservations/{reservation_id}/release", response_model=ReservationOutcome, responses=PROBLEMS)
-async def release(reservation_id: str, request: Request, _principal: Writer) -> ReservationOutcome:
+@router.post("/reservations/{reservation_id}/release", response_model=ReservationOutcome,
+             operation_id="releaseReservation", responses=problems(
+                 *AUTHENTICATED, 404, 409, 410, 422, details={403: _SCOPE, 404: _NOT_FOUND, **_FINISHED}))
+async def release(reservation_id: ReservationId, request: Request, _principal: Writer) -> ReservationOutcome:
     """Give the pair back to the pool (allowed while the lease holds)."""
     parsed = _reservation_id(reservation_id)
     await components(request).reservations.release(parsed)
