@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.database import register_program
+from tests.fuzz.hooks import REGISTERED_PROGRAMS
 from tests.integration import api_harness
 from tests.integration.api_harness import Api
 
@@ -42,7 +44,9 @@ ST = Path(sys.executable).parent / "st"
 
 
 async def test_schemathesis_finds_nothing(api: Api, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
-    await api.seed(1_500)  # card creations and reservations mostly from the pool, as in production
+    for program in REGISTERED_PROGRAMS:  # hooks.py maps every well-formed program name to one of these
+        register_program(api.database_url, program)
+        await api.seed(1_000, pool=program)  # card creations and reservations mostly from the pool, as in production
     report_dir = Path(os.environ.get("TOKENPOOL_FUZZ_REPORT_DIR") or tmp_path / "report")
     started = time.monotonic()
     result = await asyncio.to_thread(_run, api.url, await api.key(), report_dir, tmp_path)
