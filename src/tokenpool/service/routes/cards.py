@@ -48,13 +48,15 @@ _CREATE_CARD_OPENAPI: dict[str, Any] = {
 async def create_card(request: Request) -> Response:
     """Create a card with a token pair from the pool (or TOME when the pool is empty)."""
     principal = await authorize(request, bearer_key(request), CARDS_WRITE)
+    found = components(request)
+    await found.rate_limits.card(principal)  # every attempt counts, replays and refusals included
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is not None and not is_valid_key(idempotency_key):
         raise ProblemError(400, "INVALID_IDEMPOTENCY_KEY",
                            f"Idempotency-Key must be 1-{MAX_KEY_LENGTH} visible ASCII characters.")
     body = await _create_card_body(request)
     order = CardOrder(body.program, body.customer_ref, idempotency_key, principal)
-    card, created = await components(request).cards.create(order)
+    card, created = await found.cards.create(order)
     content = CardResponse.of(card).model_dump_json()
     if created:
         return Response(content, 201, {"Location": f"/v1/cards/{card.card_id}"}, "application/json")

@@ -28,6 +28,7 @@ async def detokenize(
     limit = found.settings.service_max_detokenize_refs
     if len(body.external_refs) > limit:
         raise ProblemError(422, "TOO_MANY_REFS", f"At most {limit} external_refs per request.")
+    await found.rate_limits.detokenize_refs(principal, len(body.external_refs))  # a request costs its refs
     client = found.client_addresses.of(request)
     outcome = await found.detokenize.detokenize(body.external_refs, principal, current_correlation_id(), client)
     warnings = [] if outcome.complete else [ResponseWarning(

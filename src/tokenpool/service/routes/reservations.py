@@ -27,9 +27,10 @@ def _reservation_id(text: str) -> uuid.UUID:
 
 
 @router.post("/reservations", status_code=201, response_model=ReservationResponse, responses=PROBLEMS)
-async def reserve(body: ReservationRequest, request: Request, _principal: Writer) -> ReservationResponse:
-    """Hold a token pair for a lease; commit it to a card or release it before the lease lapses."""
-    reservation, source = await components(request).reservations.reserve(body.program)
+async def reserve(body: ReservationRequest, request: Request, principal: Writer) -> ReservationResponse:
+    """Hold a token pair for a lease; commit it to a card or release it before the lease lapses. The
+    reservation belongs to the key: only it may commit or release it."""
+    reservation, source = await components(request).reservations.reserve(body.program, principal.api_key_id)
     return ReservationResponse(
         reservation_id=reservation.reservation_id, program=reservation.pool,
         internal_token=reservation.internal_token, external_ref=reservation.external_ref,
@@ -39,17 +40,18 @@ async def reserve(body: ReservationRequest, request: Request, _principal: Writer
 
 @router.post("/reservations/{reservation_id}/commit", response_model=ReservationOutcome, responses=PROBLEMS)
 async def commit(
-    reservation_id: str, body: CommitRequest, request: Request, _principal: Writer
+    reservation_id: str, body: CommitRequest, request: Request, principal: Writer
 ) -> ReservationOutcome:
-    """Mark the pair used by ``card_ref``; repeating it for the same card is harmless."""
+    """Mark the pair used by ``card_ref``; repeating it for the same card is harmless. Another key's
+    reservation answers 404, as an unknown one."""
     parsed = _reservation_id(reservation_id)
-    await components(request).reservations.commit(parsed, body.card_ref)
+    await components(request).reservations.commit(parsed, body.card_ref, principal.api_key_id)
     return ReservationOutcome(reservation_id=parsed, status="committed", card_ref=body.card_ref)
 
 
 @router.post("/reservations/{reservation_id}/release", response_model=ReservationOutcome, responses=PROBLEMS)
-async def release(reservation_id: str, request: Request, _principal: Writer) -> ReservationOutcome:
-    """Give the pair back to the pool (allowed while the lease holds)."""
+async def release(reservation_id: str, request: Request, principal: Writer) -> ReservationOutcome:
+    """Give the pair back to the pool (allowed while the lease holds); another key's reservation answers 404."""
     parsed = _reservation_id(reservation_id)
-    await components(request).reservations.release(parsed)
+    await components(request).reservations.release(parsed, principal.api_key_id)
     return ReservationOutcome(reservation_id=parsed, status="released")
