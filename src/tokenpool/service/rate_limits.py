@@ -17,7 +17,7 @@ issuance (payments), and counting alone still bounds a runaway client (at N x th
 
 **The strategy** (``TOKENPOOL_RATE_LIMIT_STRATEGY``, default ``fixed-window``): a counter per key and
 window, incremented by the request's cost. It is the cheapest check on the hot card route: measured in
-this process with the library's memory storage, about 10-15 µs of CPU a check, against 30-60 µs for the
+this process with the library's memory storage, about 10-17 µs of CPU a check, against 30-60 µs for the
 moving window (whose memory storage sweeps expired entries through a thread hop per key), and O(1) memory
 per key whatever the cost: a moving window keeps one entry per unit of cost, 20,000 per key for the refs
 limit (in Redis too). Its price: a key can spend its whole limit at the end of one window and again at the
