@@ -194,7 +194,8 @@ class ApiKeys:
             async with self._db.connection() as conn:
                 await self._store.touch(conn, api_key_id, interval_s)
         except Exception as error:  # bookkeeping: a failure costs a stale "last used", never a request
-            self._last_noted.pop(api_key_id, None)  # try again on the next use
+            # Tried again one interval later, not on the next request: during a database outage a retry per
+            # request would add a connection attempt to every request.
             log.warning("api_key.last_use_not_recorded", error_type=type(error).__name__)
 
     async def close(self) -> None:

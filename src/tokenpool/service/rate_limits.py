@@ -84,10 +84,13 @@ class RateLimits:
         if settings.rate_limit_storage_url is not None:
             uri = shared_storage_uri(settings.rate_limit_storage_url.get_secret_value())
             options: dict[str, float | str | bool] = {"wrap_exceptions": True}
-            if uri.startswith(("async+redis", "async+valkey")):
-                options.update(key_prefix=settings.rate_limit_key_prefix,
-                               connect_timeout=settings.rate_limit_storage_timeout_s,
-                               stream_timeout=settings.rate_limit_storage_timeout_s)
+            if uri.startswith("async+redis"):
+                # redis-py's asyncio client, not coredis (the library's default): with coredis a fixed window
+                # is INCRBY then EXPIRE in two calls, and a timeout between the two would leave a counter that
+                # never expires (the key locked out for good); redis-py's runs both in one Lua script.
+                timeout = settings.rate_limit_storage_timeout_s
+                options.update(implementation="redispy", key_prefix=settings.rate_limit_key_prefix,
+                               socket_connect_timeout=timeout, socket_timeout=timeout)
             storage = storage_from_string(uri, **options)
             assert isinstance(storage, Storage), f"{uri} is not an asyncio storage"
             shared = storage
@@ -104,11 +107,12 @@ class RateLimits:
         await self._take(self.refs_limit, principal, max(1, refs))
 
     async def close(self) -> None:
-        # The library has no close for its Redis client; drop the pooled connections (best effort).
-        pool = getattr(getattr(getattr(self._shared_storage, "bridge", None), "storage", None), "connection_pool", None)
-        if pool is not None:
+        # The library has no close for its Redis client: close redis-py's client it holds (best effort).
+        client = getattr(getattr(self._shared_storage, "bridge", None), "storage", None)
+        aclose = getattr(client, "aclose", None)
+        if aclose is not None:
             try:
-                pool.disconnect()
+                await aclose()
             except Exception as error:  # closing at shutdown: nothing left to protect
                 log.debug("rate_limit.close_failed", error_type=type(error).__name__)
 
