@@ -30,7 +30,7 @@ import psycopg
 from tokenpool.db.database import connection_kwargs
 from tokenpool.db.queries import sql
 from tokenpool.observability.logging import get_logger
-from tokenpool.observability.metrics import API_KEY_LISTENER_RECONNECTS, API_KEY_LISTENER_UP
+from tokenpool.observability.metrics import API_KEY_LISTENER_DOWN, API_KEY_LISTENER_RECONNECTS
 from tokenpool.settings import Settings
 
 CHANNEL = "tokenpool_api_keys"
@@ -57,6 +57,7 @@ class KeyChangeListener:
 
     def start(self) -> None:
         if self._task is None:
+            API_KEY_LISTENER_DOWN.set(1)  # until the first LISTEN
             self._task = asyncio.create_task(self._run(), name="api-key-listener")
 
     async def close(self) -> None:
@@ -66,7 +67,7 @@ class KeyChangeListener:
                 await self._task
             self._task = None
         self._confirmed_at = -math.inf
-        API_KEY_LISTENER_UP.set(0)
+        API_KEY_LISTENER_DOWN.set(0)  # stopped on purpose: nothing to alert on
 
     def confirmed_within(self, seconds: float) -> bool:
         """True if every key change committed more than ``seconds`` ago has been handed to ``on_change``."""
@@ -81,7 +82,7 @@ class KeyChangeListener:
                 raise
             except Exception as error:  # the connection or the server went away; so may the next attempt
                 self._confirmed_at = -math.inf
-                API_KEY_LISTENER_UP.set(0)
+                API_KEY_LISTENER_DOWN.set(1)
                 API_KEY_LISTENER_RECONNECTS.inc()
                 log.warning("api_key_listener.lost", error_type=type(error).__name__, error=str(error)[:200],
                             retry_in_s=round(backoff, 2))
@@ -98,7 +99,7 @@ class KeyChangeListener:
             # Whatever changed while nobody listened was not announced to this process: forget it all.
             self._on_change(None)
             self.connections += 1
-            API_KEY_LISTENER_UP.set(1)
+            API_KEY_LISTENER_DOWN.set(0)
             log.info("api_key_listener.listening", connections=self.connections)
             while True:
                 sent = time.monotonic()

@@ -91,9 +91,11 @@ RATE_LIMIT_SHARED = Gauge(
     "tokenpool_rate_limit_shared", "1 while limits are counted in the shared storage, 0 while this process counts "
     "alone (no storage configured, or it failed: fail open to per-process limits).",
 )
-API_KEY_LISTENER_UP = Gauge(
-    "tokenpool_api_key_listener_up",
-    "1 while this process listens for API key revocations (LISTEN/NOTIFY); 0: key checks are cached 1 s at most.",
+# "down" rather than "up": a process that never listens (the worker, the CLI) shows 0 and alerts on nothing.
+API_KEY_LISTENER_DOWN = Gauge(
+    "tokenpool_api_key_listener_down",
+    "1 while this service process does not hear API key revocations (LISTEN/NOTIFY not yet or no longer "
+    "connected): its key checks are cached 1 s at most meanwhile; 0 while it listens.",
 )
 API_KEY_LISTENER_RECONNECTS = Counter(
     "tokenpool_api_key_listener_reconnects_total", "Times the API key listener lost its connection and reconnected."
