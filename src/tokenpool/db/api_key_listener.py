@@ -1,6 +1,6 @@
 """Each service process hears of every API key change within milliseconds: PostgreSQL LISTEN/NOTIFY.
 
-The api_keys trigger (migration 0011) sends ``pg_notify('tokenpool_api_keys', api_key_id)`` when a key is
+The api_keys trigger (migration 0012) sends ``pg_notify('tokenpool_api_keys', api_key_id)`` when a key is
 revoked or changed, at commit. :class:`KeyChangeListener` keeps one connection of its own (outside the
 pool: a LISTEN belongs to its session) and calls ``on_change(api_key_id)`` for each notification;
 ``on_change(None)`` means "anything may have changed": after every (re)connection, since notifications

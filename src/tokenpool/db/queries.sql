@@ -403,7 +403,7 @@ FROM api_keys ORDER BY name;
 
 -- api_keys_listen --
 -- A service process's key-change listener subscribes to the api_keys trigger's notifications (migration
--- 0011): the id of each key revoked or changed, delivered when the change commits.
+-- 0012): the id of each key revoked or changed, delivered when the change commits.
 LISTEN tokenpool_api_keys;
 
 -- api_keys_heartbeat --
