@@ -35,8 +35,10 @@ LOAD_CHUNK = 100_000
 
 
 def pgbench_script() -> str:
-    """The library's reserve statement with psycopg parameters turned into pgbench variables."""
-    statement = re.sub(r"%\((\w+)\)s", r":\1", sql("reserve"))
+    """The library's reserve statement with psycopg parameters turned into pgbench variables; one unowned
+    order and no cap, as ``store.reserve(pool, lease)`` sends it."""
+    unowned = sql("reserve").replace("%(owners)b", "'{NULL}'").replace("%(max_open)s", "NULL")
+    statement = re.sub(r"%\((\w+)\)s", r":\1", unowned)
     return (
         f"\\set start random(0, {CLAIM_KEY_RANGE - 1})\n"
         "\\set n 1\n"
@@ -161,7 +163,8 @@ async def _ageing_with(store: PostgresTokenPool, claims: int, step: int, clients
 class _HeadFirst(PostgresTokenPool):
     """The control: the claim with its start pinned to 0 (``random_claim_start`` replaced)."""
 
-    async def reserve(self, pool: str, lease_seconds: float, *, conn: object = None) -> Reservation:
+    async def reserve(self, pool: str, lease_seconds: float, *, owner: object = None,
+                      conn: object = None) -> Reservation:
         with patch("tokenpool.db.pool_store.random_claim_start", return_value=0):
             return await super().reserve(pool, lease_seconds)
 

@@ -150,6 +150,12 @@ class Stack:
         self.logs.mkdir(parents=True)
         env = {k: v for k, v in os.environ.items() if k not in OWN_SETTINGS}
         env.update({"TOKENPOOL_HOME": str(home), "TOKENPOOL_DEFAULT_POOL": PROGRAM, "TOKENPOOL_LOG_LEVEL": "WARNING"})
+        # One key drives the whole load: per-key limits far above it (unless given), still checked, so their
+        # cost is in the figures.
+        for name, value in (("TOKENPOOL_RATE_LIMIT_CARDS", "1000000/second"),
+                            ("TOKENPOOL_RATE_LIMIT_DETOKENIZE_REFS", "1000000000/minute"),
+                            ("TOKENPOOL_MAX_OPEN_RESERVATIONS", "1000000")):
+            env.setdefault(name, value)
         for item in extra_env:
             name, _, value = item.partition("=")
             env[name] = value

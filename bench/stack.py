@@ -54,6 +54,10 @@ class StackConfig:
             "TOKENPOOL_WORKER_POLL_S": f"{max(0.5, 15 * hour / 3600):g}",
             "TOKENPOOL_WORKER_JANITOR_INTERVAL_S": f"{max(0.5, 15 * hour / 3600):g}",
             "TOKENPOOL_WORKER_METRICS_PORT": "0",
+            # One key drives the whole day: per-key limits far above its peak (still checked).
+            "TOKENPOOL_RATE_LIMIT_CARDS": "1000000/second",
+            "TOKENPOOL_RATE_LIMIT_DETOKENIZE_REFS": "1000000000/minute",
+            "TOKENPOOL_MAX_OPEN_RESERVATIONS": "1000000",
         }
 
 

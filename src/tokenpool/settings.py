@@ -10,8 +10,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from limits import parse_many
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+RateLimitStrategy = Literal["fixed-window", "moving-window", "sliding-window-counter"]
 
 
 class Settings(BaseSettings):
@@ -188,7 +191,43 @@ class Settings(BaseSettings):
         "what a flood of unknown names can cost the database.",
     )
     service_api_key_cache_ttl_s: float = Field(
-        default=10.0, ge=0, description="How long an API key check is cached (bounds revocation delay)."
+        default=10.0, ge=0,
+        description="How long an API key check is cached while the process hears key revocations (LISTEN/NOTIFY: "
+        "a revocation drops the entry at once); 0: no cache.",
+    )
+    service_api_key_fallback_ttl_s: float = Field(
+        default=1.0, gt=0, le=60,
+        description="The cache TTL while the revocation listener is down or unconfirmed: the longest a revoked "
+        "key keeps working in a process that cannot hear revocations.",
+    )
+    service_api_key_last_used_interval_s: float = Field(
+        default=60.0, gt=0, description="A key's last use is written at most this often per process."
+    )
+    rate_limit_cards: str = Field(
+        default="50/second", description="Card creations per API key (limits notation: N/second, N/minute, N/hour)."
+    )
+    rate_limit_detokenize_refs: str = Field(
+        default="20000/minute", description="External refs detokenized per API key; a request costs its refs."
+    )
+    rate_limit_strategy: RateLimitStrategy = Field(
+        default="fixed-window", description="How the limits library counts (docs/api.md, Limits)."
+    )
+    rate_limit_storage_url: SecretStr | None = Field(
+        default=None,
+        description="Shared counters for every process, e.g. redis://host:6379/0 (or async+redis://); "
+        "unset: each process counts alone (the effective limit is N processes x the setting).",
+    )
+    rate_limit_key_prefix: str = Field(
+        default="tokenpool", min_length=1, description="Prefix of every key in the shared storage."
+    )
+    rate_limit_storage_timeout_s: float = Field(
+        default=0.25, gt=0, description="Bound on one call to the shared storage; beyond: fail open (see docs)."
+    )
+    rate_limit_storage_retry_s: float = Field(
+        default=5.0, gt=0, description="After the shared storage failed, count in-process this long before retrying it."
+    )
+    max_open_reservations: int = Field(
+        default=100, ge=1, description="Live reservations one API key may hold at once (RESERVED, lease not lapsed)."
     )
     service_db_timeout_s: float = Field(
         default=3.0, gt=0, description="Bound on the database part of one request; beyond it: 503."
@@ -251,6 +290,17 @@ class Settings(BaseSettings):
     worker_prune_interval_s: float = Field(
         default=86_400.0, gt=0, description="The worker prunes this often, the first time one interval after start."
     )
+
+    @field_validator("rate_limit_cards", "rate_limit_detokenize_refs")
+    @classmethod
+    def _one_rate_limit(cls, value: str) -> str:
+        try:
+            items = parse_many(value)
+        except ValueError as error:
+            raise ValueError(f"{value!r} is no rate limit; write it like 50/second or 20000/minute") from error
+        if len(items) != 1 or items[0].amount < 1:
+            raise ValueError(f"{value!r}: one limit of at least 1, like 50/second")
+        return value
 
 
 @lru_cache(maxsize=1)

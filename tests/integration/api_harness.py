@@ -46,6 +46,10 @@ def service_settings(database_url: str, tome_url: str, **overrides: Any) -> Sett
         "service_runtime_config_ttl_s": 0.2,
         "service_api_key_cache_ttl_s": 0.2,
         "service_retry_after_s": 2,
+        # Per-key limits far above any test's traffic (one key drives whole bursts); tests of the limits set theirs.
+        "rate_limit_cards": "1000000/second",
+        "rate_limit_detokenize_refs": "1000000000/minute",
+        "max_open_reservations": 1_000_000,
     }
     values.update(overrides)
     return Settings(**values)

@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 import structlog
 import typer
+from rich.console import Console
 from typer.testing import CliRunner
 
 from tests.integration import api_harness
 from tests.integration.api_harness import Api
+from tokenpool.entrypoints import cli_service
 from tokenpool.entrypoints.cli_service import register
+from tokenpool.service.auth import SCOPES
 from tokenpool.settings import get_settings
 
 api = api_harness.api  # the fixture: a running service with its own database
@@ -72,3 +76,54 @@ def test_the_traffic_share_is_set_shown_and_unset(cli):
     assert cli("config", "set", "no-such-setting", "1").exit_code == 2
     assert cli("config", "unset", "pool-traffic-percent").exit_code == 0
     assert json.loads(cli("config", "show").stdout)["pool-traffic-percent"]["stored"] is None
+
+
+def test_a_key_with_a_lifetime_is_listed_with_its_dates_and_revoked_by_name(api: Api, cli, monkeypatch):
+    created = cli("apikey", "create", "--name", "expiring", "--scopes", "pools:read", "--expires-in", "30d", "--json")
+    assert created.exit_code == 0, created.output
+    printed = json.loads(created.stdout)
+    expires_at = datetime.fromisoformat(printed["expires_at"])
+    assert abs((expires_at - datetime.now(UTC)) - timedelta(days=30)) < timedelta(minutes=1)
+    response = httpx.get(f"{api.url}/v1/pools/default", headers={"Authorization": f"Bearer {printed['key']}"},
+                         timeout=10)
+    assert response.json()["code"] == "POOL_NOT_FOUND"
+
+    deadline = time.monotonic() + 5  # the service records the use in the background
+    while (row := json.loads(cli("apikey", "list", "--json").stdout)[0])["last_used_at"] is None:
+        assert time.monotonic() < deadline, "last use never recorded"
+        time.sleep(0.05)
+    assert row["name"] == "expiring"
+    assert row["status"] == "live"
+    assert datetime.fromisoformat(row["expires_at"]) == expires_at
+    assert row["revoked_at"] is None
+    assert datetime.fromisoformat(row["created_at"]) <= datetime.fromisoformat(row["last_used_at"])
+    monkeypatch.setattr(cli_service, "console", Console(width=200))  # a wide terminal: one line per key
+    table = cli("apikey", "list")
+    assert table.exit_code == 0
+    line = next(line for line in table.output.splitlines() if "expiring" in line)
+    assert "live" in line
+    assert expires_at.astimezone(UTC).strftime("%Y-%m-%d %H:%MZ") in line
+    assert "never" not in line  # it has been used, and it expires
+
+    revoked = cli("apikey", "revoke", "expiring")  # the name as an argument, as `tokenpool run` stops its key
+    assert revoked.exit_code == 0, revoked.output
+    assert json.loads(cli("apikey", "list", "--json").stdout)[0]["status"] == "revoked"
+    assert cli("apikey", "revoke", "expiring").exit_code == 1
+    assert cli("apikey", "revoke").exit_code == 2
+
+
+@pytest.mark.parametrize("duration", ["30", "-1d", "1.5h", "soon", "0m", "99999d"])
+def test_a_nonsense_lifetime_is_refused_and_no_key_is_made(api: Api, cli, duration):
+    refused = cli("apikey", "create", "--name", "k", "--scopes", "pools:read", "--expires-in", duration)
+    assert refused.exit_code == 2
+    assert "30d" in refused.output or "3650d" in refused.output
+    assert json.loads(cli("apikey", "list", "--json").stdout) == []
+
+
+def test_create_help_lists_every_scope(cli):
+    shown = cli("apikey", "create", "--help")
+    assert shown.exit_code == 0
+    text = "".join(shown.output.split())  # rich may wrap the help anywhere between words
+    for scope in SCOPES:
+        assert scope in text
+    assert "--expires-in" in shown.output

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import psycopg
+import pytest
+
 from tests.integration import api_harness
 from tests.integration.api_harness import POOL, Api, running_api
 from tokenpool.pool import PairStatus
@@ -97,3 +100,48 @@ async def test_an_empty_pool_with_tome_down_is_a_503(api: Api):
         response = await _reserve(api, client)
     assert (response.status_code, response.json()["code"]) == (503, "POOL_EXHAUSTED_TOME_UNAVAILABLE")
     assert api.sql("SELECT count(*) FROM token_pool") == [(0,)]
+
+
+async def test_only_the_key_that_made_a_reservation_may_commit_or_release_it(api: Api):
+    await api.seed(2)
+    owner, _key = await api.keys.create("reservation-owner", ["reservations:write"])
+    mine = {"Authorization": f"Bearer {_key}"}
+    _other, other_key = await api.keys.create("another-service", ["reservations:write"])
+    theirs = {"Authorization": f"Bearer {other_key}"}
+    async with api.client() as client:
+        reserved = (await client.post("/v1/reservations", json={"program": POOL}, headers=mine)).json()
+        path = f"/v1/reservations/{reserved['reservation_id']}"
+        foreign_commit = await client.post(f"{path}/commit", json={"card_ref": "card-x"}, headers=theirs)
+        foreign_release = await client.post(f"{path}/release", headers=theirs)
+        unknown_id = str(uuid.uuid4())
+        unknown = await client.post(f"/v1/reservations/{unknown_id}/release", headers=theirs)
+        still_held = api.sql("SELECT status, reserved_by, card_ref FROM token_pool WHERE reservation_id = %s",
+                             reserved["reservation_id"])
+        committed = await client.post(f"{path}/commit", json={"card_ref": "card-1"}, headers=mine)
+        foreign_replay = await client.post(f"{path}/commit", json={"card_ref": "card-1"}, headers=theirs)
+        own_replay = await client.post(f"{path}/commit", json={"card_ref": "card-1"}, headers=mine)
+    # Another key's reservation answers exactly like one that does not exist: nothing to learn from it.
+    for refused in (foreign_commit, foreign_release, foreign_replay):
+        assert (refused.status_code, refused.json()["code"]) == (404, "RESERVATION_NOT_FOUND")
+        assert refused.json()["detail"].replace(reserved["reservation_id"], "ID") == \
+            unknown.json()["detail"].replace(unknown_id, "ID")
+    assert still_held == [("RESERVED", owner.api_key_id, None)], "the pair is still its owner's, untouched"
+    assert committed.status_code == own_replay.status_code == 200
+
+
+async def test_a_released_pair_forgets_its_owner_and_the_database_refuses_to_move_a_reservation(api: Api):
+    await api.seed(1)
+    owner, key = await api.keys.create("releaser", ["reservations:write"])
+    headers = {"Authorization": f"Bearer {key}"}
+    async with api.client() as client:
+        reserved = (await client.post("/v1/reservations", json={"program": POOL}, headers=headers)).json()
+        assert api.sql("SELECT reserved_by FROM token_pool") == [(owner.api_key_id,)]
+        # Not even the owner role can hand a held reservation to another key: the status machine's trigger.
+        with pytest.raises(psycopg.errors.CheckViolation):
+            api.sql("UPDATE token_pool SET reserved_by = gen_random_uuid() WHERE reservation_id = %s",
+                    reserved["reservation_id"])
+        released = await client.post(f"/v1/reservations/{reserved['reservation_id']}/release", headers=headers)
+    assert released.status_code == 200
+    assert api.sql("SELECT status, reservation_id, reserved_by FROM token_pool") == [("AVAILABLE", None, None)]
+    with pytest.raises(psycopg.errors.CheckViolation):  # a free pair has no owner
+        api.sql("UPDATE token_pool SET reserved_by = gen_random_uuid()")

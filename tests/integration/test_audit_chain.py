@@ -128,7 +128,7 @@ async def test_the_migration_chains_the_rows_written_before_it_as_legacy_plain_h
                          "(now() - make_interval(secs => %s), 'legacy', %s, '127.0.0.1', 'success', 1, 1, 0, 0, %s)",
                          (7 - i + 0.123456, f"legacy-{i}", [f"{i:064x}"]))
     assert [m.version for m in migrate.upgrade(unmigrated_url, target=CHAIN_MIGRATION)] == [CHAIN_MIGRATION]
-    migrate.upgrade(unmigrated_url)  # and whatever later migrations there are
+    migrate.upgrade(unmigrated_url)  # and the later ones, as a deployment would
 
     settings = Settings(owner_url=unmigrated_url)  # type: ignore[arg-type]
     pool = await Database.open(unmigrated_url, settings, wait=True, min_size=1, max_size=2)

@@ -148,9 +148,9 @@ def test_an_invocation_also_quarantines_lapsed_reservations_and_alerts_when_it_c
     first = lambda_refill.handler(SCHEDULED_EVENT, LambdaContext())
     assert (first["outcome"], first["programs"][0]["health"]) == ("succeeded", "OK")
     with psycopg.connect(database_url, autocommit=True) as conn:
-        claim = {"pool": "default", "start": 0}
-        conn.execute(sql("reserve"), {**claim, "n": 2, "lease_seconds": 0.01})  # lapse at once
-        conn.execute(sql("reserve"), {**claim, "n": 28, "lease_seconds": 600})  # the pool is empty now
+        claim = {"pool": "default", "start": 0, "max_open": None}  # unowned claims, as a library caller's
+        conn.execute(sql("reserve"), {**claim, "n": 2, "owners": [None] * 2, "lease_seconds": 0.01})  # lapse at once
+        conn.execute(sql("reserve"), {**claim, "n": 28, "owners": [None] * 28, "lease_seconds": 600})  # pool empty
     time.sleep(0.05)
     tome.set_faults(outage=True)
     expired_before = REGISTRY.get_sample_value("tokenpool_pool_leases_expired_total") or 0.0

@@ -14,6 +14,7 @@ from tokenpool.pool import (
     PairStatus,
     PoolExhausted,
     ReservationConflict,
+    TooManyOpenReservations,
     UnknownReservation,
 )
 
@@ -247,3 +248,26 @@ async def test_the_pool_table_cannot_be_truncated(store, database_url):
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             await conn.execute("TRUNCATE token_pool CASCADE")  # plain TRUNCATE is also refused by the cards FK
+
+
+async def test_one_claim_statement_serves_several_owners_each_within_its_cap(store):
+    await load(store, 5)
+    alice, bob = uuid.uuid4(), uuid.uuid4()
+    held = await store.reserve(POOL, LEASE, owner=alice)
+    outcomes = await store.reserve_for(POOL, [alice, alice, None, bob, alice, bob, None, None], LEASE, max_open=2)
+    kinds = [type(o).__name__ for o in outcomes]
+    # alice holds one: her first order fits, her next two are over; bob's two fit; unowned orders are never
+    # capped; the pool (5 pairs, 1 held) runs out after four, in order of arrival.
+    assert kinds == ["Reservation", "TooManyOpenReservations", "Reservation", "Reservation",
+                     "TooManyOpenReservations", "Reservation", "PoolExhausted", "PoolExhausted"]
+    over = outcomes[1]
+    assert isinstance(over, TooManyOpenReservations)
+    assert 0 < over.retry_after_s <= LEASE  # until alice's first lease lapses
+    # Each reservation is its owner's: committing it as anyone else finds nothing.
+    with pytest.raises(UnknownReservation):
+        await store.commit(held.reservation_id, "card-1", owner=bob)
+    with pytest.raises(UnknownReservation):
+        await store.release(held.reservation_id)  # not even a library caller without an owner
+    await store.commit(held.reservation_id, "card-1", owner=alice)
+    unowned = outcomes[2]
+    await store.release(unowned.reservation_id)

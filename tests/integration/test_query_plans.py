@@ -42,11 +42,18 @@ async def loaded(store, database_url):
 @pytest.mark.parametrize(
     ("query", "params", "index"),
     [
-        ("reserve", {"pool": "default", "n": 1, "start": 0, "lease_seconds": 30}, "token_pool_claim_idx"),
+        ("reserve", {"pool": "default", "n": 1, "start": 0, "lease_seconds": 30, "owners": [None],
+                     "max_open": None}, "token_pool_claim_idx"),
+        # The per-key cap counts a key's open reservations on the partial index of RESERVED rows.
+        ("reserve", {"pool": "default", "n": 2, "start": 0, "lease_seconds": 30, "owners": [uuid.uuid4()] * 2,
+                     "max_open": 100}, "token_pool_owner_idx"),
+        ("reserve", {"pool": "default", "n": 2, "start": 0, "lease_seconds": 30, "owners": [uuid.uuid4()] * 2,
+                     "max_open": 100}, "token_pool_claim_idx"),
         ("expire_leases", {"limit": 100}, "token_pool_lease_idx"),
         ("lookup", {"external_refs": ["ext_a", "ext_b"]}, "token_pool_external_ref_key"),
-        ("commit", {"reservation_id": uuid.uuid4(), "card_ref": "c"}, "token_pool_reservation_idx"),
-        ("release", {"reservation_id": uuid.uuid4()}, "token_pool_reservation_idx"),
+        ("commit", {"reservation_id": uuid.uuid4(), "card_ref": "c", "owner": uuid.uuid4()},
+         "token_pool_reservation_idx"),
+        ("release", {"reservation_id": uuid.uuid4(), "owner": None}, "token_pool_reservation_idx"),
     ],
 )
 async def test_hot_statements_use_their_index(loaded, query, params, index):

@@ -8,30 +8,45 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tokenpool.pool import PoolExhausted, PoolUnavailable, Reservation
+from tokenpool.pool import PoolError, PoolExhausted, PoolUnavailable, Reservation, TooManyOpenReservations
 from tokenpool.pool.claim_batcher import ClaimBatcher
 
 
 class SlowReserver:
+    """The claim statement in memory: pairs in order, each owner's open reservations counted against max_open."""
+
     def __init__(self, available: int, delay: float = 0.01, fail: Exception | None = None) -> None:
         self.available = available
         self.delay = delay
         self.fail = fail
         self.statements: list[int] = []
-        self.released: list[uuid.UUID] = []
+        self.owners_seen: list[list[uuid.UUID | None]] = []
+        self.open: dict[uuid.UUID, int] = {}
+        self.released: list[tuple[uuid.UUID, uuid.UUID | None]] = []
 
-    async def reserve_many(self, pool: str, n: int, lease_seconds: float) -> list[Reservation]:
-        self.statements.append(n)
+    async def reserve_for(self, pool: str, owners, lease_seconds: float, *,
+                          max_open=None) -> list[Reservation | PoolError]:
+        self.statements.append(len(owners))
+        self.owners_seen.append(list(owners))
         await asyncio.sleep(self.delay)
         if self.fail:
             raise self.fail
-        take = min(n, self.available)
-        self.available -= take
         now = datetime.now(UTC)
-        return [Reservation(uuid.uuid4(), pool, f"tok{i}", f"ext{i}", now) for i in range(take)]
+        outcomes: list[Reservation | PoolError] = []
+        for i, owner in enumerate(owners):
+            if owner is not None and max_open is not None and self.open.get(owner, 0) >= max_open:
+                outcomes.append(TooManyOpenReservations(pool, owner, max_open, 1.0))
+            elif self.available:
+                self.available -= 1
+                if owner is not None:
+                    self.open[owner] = self.open.get(owner, 0) + 1
+                outcomes.append(Reservation(uuid.uuid4(), pool, f"tok{i}", f"ext{i}", now))
+            else:
+                outcomes.append(PoolExhausted(pool))
+        return outcomes
 
-    async def release(self, reservation_id: uuid.UUID) -> None:
-        self.released.append(reservation_id)
+    async def release(self, reservation_id: uuid.UUID, *, owner: uuid.UUID | None = None) -> None:
+        self.released.append((reservation_id, owner))
 
 
 async def test_a_lone_caller_is_served_by_a_batch_of_one():
@@ -84,3 +99,30 @@ async def test_waiters_are_failed_not_left_hanging_when_the_flush_is_cancelled()
         flush.cancel()
     results = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), timeout=1.0)
     assert all(isinstance(r, PoolUnavailable) for r in results)
+
+
+async def test_one_batch_carries_each_callers_owner_and_applies_each_owners_cap():
+    reserver = SlowReserver(100, delay=0.05)
+    batcher = ClaimBatcher(reserver, max_in_flight=1, max_open_per_owner=2)
+    alice, bob = uuid.uuid4(), uuid.uuid4()
+    first = asyncio.create_task(batcher.reserve("p", 30, owner=alice))  # goes out alone
+    await asyncio.sleep(0.01)
+    owners = [alice, alice, bob, None, None, bob, bob]
+    results = await asyncio.gather(*(batcher.reserve("p", 30, owner=o) for o in owners), return_exceptions=True)
+    await first
+    assert reserver.owners_seen == [[alice], owners]  # the second batch: every owner, in arrival order
+    refused = [o for o, r in zip(owners, results, strict=True) if isinstance(r, TooManyOpenReservations)]
+    assert refused == [alice, bob]  # alice's third, bob's third; unowned callers are never capped
+
+
+async def test_a_pair_claimed_for_an_owner_who_gave_up_is_released_as_that_owner():
+    reserver = SlowReserver(10, delay=0.05)
+    batcher = ClaimBatcher(reserver)
+    owner = uuid.uuid4()
+    task = asyncio.create_task(batcher.reserve("p", 30, owner=owner))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.1)
+    assert [o for _id, o in reserver.released] == [owner]

@@ -47,13 +47,13 @@ RECONNECT_TIMEOUT_S = 10.0
 log = get_logger("tokenpool.db")
 
 
-def connection_kwargs(settings: Settings) -> dict[str, object]:
+def connection_kwargs(settings: Settings, application_name: str = "tokenpool") -> dict[str, object]:
     # statement_timeout bounds every statement; idle_in_transaction_session_timeout ends forgotten
     # transactions, whose snapshots would otherwise stop VACUUM from clearing dead claim entries.
     options = (
         f"-c statement_timeout={settings.db_statement_timeout_ms}"
         f" -c idle_in_transaction_session_timeout={settings.db_idle_in_transaction_timeout_ms}"
-        " -c application_name=tokenpool"
+        f" -c application_name={application_name}"
     )
     return {
         "autocommit": True,

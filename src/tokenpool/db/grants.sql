@@ -30,14 +30,18 @@ GRANT USAGE ON SCHEMA public TO {app};
 -- UPDATE only of the status machine's columns: the app role cannot rewrite a pair's sealed token (which
 -- would destroy it: only the owner re-encrypts) nor its identity.
 GRANT SELECT, INSERT ON token_pool TO {app};
-GRANT UPDATE (status, reservation_id, reserved_at, lease_expires_at, used_at, expired_at, card_ref)
+-- reserved_by: the key holding a reservation (set on claim, cleared on release; the trigger keeps it).
+GRANT UPDATE (status, reservation_id, reserved_by, reserved_at, lease_expires_at, used_at, expired_at, card_ref)
     ON token_pool TO {app};
 -- Kept by the token_pool triggers (INSERT ... ON CONFLICT DO UPDATE); read by stats and list_pools.
 GRANT SELECT, INSERT, UPDATE ON token_pool_counts TO {app};
 
--- The service: cards are written once; keys are created and revoked (revoked_at), never deleted.
+-- The service: cards are written once; keys are created and revoked (revoked_at), never deleted, and
+-- their last use is recorded (last_used_at). No other column of a key changes: not its hash, scopes,
+-- name or expiry.
 GRANT SELECT, INSERT ON cards TO {app};
-GRANT SELECT, INSERT, UPDATE ON api_keys TO {app};
+GRANT SELECT, INSERT ON api_keys TO {app};
+GRANT UPDATE (revoked_at, last_used_at) ON api_keys TO {app};
 GRANT SELECT, INSERT ON learned_pairs TO {app};
 GRANT SELECT, INSERT, UPDATE, DELETE ON runtime_config TO {app};
 -- Idempotency keys: claimed, read, and deleted by the retention prune.

@@ -30,8 +30,10 @@ from tokenpool.observability.metrics import (
 from tokenpool.pool.errors import (
     LeaseExpired,
     PairConflict,
+    PoolError,
     PoolExhausted,
     ReservationConflict,
+    TooManyOpenReservations,
     UnknownReservation,
 )
 from tokenpool.pool.model import PairStatus, PoolStats, Reservation, TokenPair
@@ -51,6 +53,31 @@ class _SealedReservation:
     token_ct: bytes
     external_ref: str
     lease_expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _ClaimOutcome:
+    """One order of a reserve statement: its reservation, or why none (over_cap; else the pool ran short)."""
+
+    n: int
+    reservation_id: UUID | None
+    pool: str | None
+    token_ct: bytes | None
+    external_ref: str | None
+    lease_expires_at: datetime | None
+    over_cap: bool
+    retry_after_s: float | None
+
+    def sealed(self) -> _SealedReservation | None:
+        if self.reservation_id is None:
+            return None
+        # The statement returns the reservation's columns together, from one row.
+        assert self.pool is not None
+        assert self.token_ct is not None
+        assert self.external_ref is not None
+        assert self.lease_expires_at is not None
+        return _SealedReservation(self.reservation_id, self.pool, self.token_ct, self.external_ref,
+                                  self.lease_expires_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,33 +105,64 @@ class PostgresTokenPool:
         self._db = db
         self._vault = vault
 
-    async def reserve(self, pool: str, lease_seconds: float, *, conn: Conn | None = None) -> Reservation:
-        reservations = await self.reserve_many(pool, 1, lease_seconds, conn=conn)
+    async def reserve(self, pool: str, lease_seconds: float, *, owner: UUID | None = None,
+                      conn: Conn | None = None) -> Reservation:
+        """One reservation, held by ``owner`` (an API key id; None: an unowned, library reservation)."""
+        reservations = await self.reserve_many(pool, 1, lease_seconds, conn=conn, owner=owner)
         if not reservations:
             raise PoolExhausted(pool)
         return reservations[0]
 
     async def reserve_many(
-        self, pool: str, n: int, lease_seconds: float, *, conn: Conn | None = None
+        self, pool: str, n: int, lease_seconds: float, *, owner: UUID | None = None, conn: Conn | None = None
     ) -> list[Reservation]:
         """Up to ``n`` reservations; fewer (possibly none) when the pool holds fewer."""
         if n < 1:
             raise ValueError("n must be at least 1")
-        params = {"pool": pool, "n": n, "start": random_claim_start(), "lease_seconds": lease_seconds}
-        rows = await self._fetch("reserve", params, _SealedReservation, conn)
-        POOL_RESERVATIONS.labels(pool, "reserved").inc(len(rows))
-        if len(rows) < n:
-            POOL_RESERVATIONS.labels(pool, "exhausted").inc(n - len(rows))
-        return await self._open(rows)
+        outcomes = await self.reserve_for(pool, [owner] * n, lease_seconds, conn=conn)
+        return [outcome for outcome in outcomes if isinstance(outcome, Reservation)]
 
-    async def commit(self, reservation_id: UUID, card_ref: str, *, conn: Conn | None = None) -> Reservation:
-        """RESERVED -> USED. Idempotent for the same card; raises for any other outcome."""
-        params = {"reservation_id": reservation_id, "card_ref": card_ref}
+    async def reserve_for(
+        self, pool: str, owners: Sequence[UUID | None], lease_seconds: float, *, max_open: int | None = None,
+        conn: Conn | None = None,
+    ) -> list[Reservation | PoolError]:
+        """One outcome per order, in order: a reservation held by the order's owner, or the error it gets:
+        :class:`TooManyOpenReservations` (its owner already holds ``max_open`` live reservations; None: no
+        cap; unowned orders are never capped) or :class:`PoolExhausted`. One statement for the whole batch."""
+        if not owners:
+            raise ValueError("at least one order")
+        params = {"pool": pool, "owners": list(owners), "n": len(owners), "start": random_claim_start(),
+                  "lease_seconds": lease_seconds, "max_open": max_open}
+        rows: list[_ClaimOutcome] = await self._fetch("reserve", params, _ClaimOutcome, conn)
+        sealed = [one for one in (row.sealed() for row in rows) if one is not None]
+        opened = iter(await self._open(sealed))
+        outcomes: list[Reservation | PoolError] = []
+        for row, owner in zip(rows, owners, strict=True):
+            if row.reservation_id is not None:
+                outcomes.append(next(opened))
+            elif row.over_cap:
+                outcomes.append(TooManyOpenReservations(pool, owner, max_open or 0, row.retry_after_s or 0.0))
+            else:
+                outcomes.append(PoolExhausted(pool))
+        reserved = len(sealed)
+        over_cap = sum(isinstance(outcome, TooManyOpenReservations) for outcome in outcomes)
+        POOL_RESERVATIONS.labels(pool, "reserved").inc(reserved)
+        if over_cap:
+            POOL_RESERVATIONS.labels(pool, "over_cap").inc(over_cap)
+        if reserved + over_cap < len(rows):
+            POOL_RESERVATIONS.labels(pool, "exhausted").inc(len(rows) - reserved - over_cap)
+        return outcomes
+
+    async def commit(self, reservation_id: UUID, card_ref: str, *, owner: UUID | None = None,
+                     conn: Conn | None = None) -> Reservation:
+        """RESERVED -> USED. Idempotent for the same card; raises for any other outcome. Only the
+        reservation's ``owner`` may: anyone else gets :class:`UnknownReservation`, as for an unknown id."""
+        params = {"reservation_id": reservation_id, "card_ref": card_ref, "owner": owner}
         rows = await self._fetch("commit", params, _SealedReservation, conn)
         if rows:
             POOL_COMMITS.labels("committed").inc()
             return (await self._open(rows))[0]
-        state = await self._reservation_state(reservation_id, conn)
+        state = await self._reservation_state(reservation_id, owner, conn)
         if state.status == PairStatus.USED:
             if state.card_ref == card_ref:
                 POOL_COMMITS.labels("replayed").inc()
@@ -116,11 +174,12 @@ class PostgresTokenPool:
         POOL_COMMITS.labels("lease_expired").inc()
         raise LeaseExpired(reservation_id)  # EXPIRED, or RESERVED past its lease
 
-    async def release(self, reservation_id: UUID, *, conn: Conn | None = None) -> None:
-        """RESERVED -> AVAILABLE, while the lease holds (after it lapses the pair is quarantined)."""
-        if await self._execute("release", {"reservation_id": reservation_id}, conn):
+    async def release(self, reservation_id: UUID, *, owner: UUID | None = None, conn: Conn | None = None) -> None:
+        """RESERVED -> AVAILABLE, while the lease holds (after it lapses the pair is quarantined); only by the
+        reservation's ``owner`` (see commit)."""
+        if await self._execute("release", {"reservation_id": reservation_id, "owner": owner}, conn):
             return
-        state = await self._reservation_state(reservation_id, conn)
+        state = await self._reservation_state(reservation_id, owner, conn)
         if state.status == PairStatus.USED:
             raise ReservationConflict(reservation_id, "committed; a used pair cannot be released")
         raise LeaseExpired(reservation_id)
@@ -201,15 +260,16 @@ class PostgresTokenPool:
         })
 
     async def insert_reserved_pair(self, conn: Conn, pool: str, pair: TokenPair, batch_id: UUID,
-                                   lease_seconds: float) -> Reservation:
-        """A pair obtained from TOME for a reservation, stored RESERVED with a lease like any claimed pair."""
+                                   lease_seconds: float, *, owner: UUID | None = None) -> Reservation:
+        """A pair obtained from TOME for a reservation, stored RESERVED with a lease (and its owner) like any
+        claimed pair."""
         await self._vault.ready()
         sealed = self.seal(pool, pair)
         cursor = conn.cursor(row_factory=class_row(_SealedReservation))
         await cursor.execute(sql("pair_insert_reserved"), {
             "pool": pool, "token_digest": sealed.digest, "token_ct": sealed.ciphertext,
             "key_version": sealed.key_version, "external_ref": pair.external_ref, "batch_id": batch_id,
-            "lease_seconds": lease_seconds,
+            "lease_seconds": lease_seconds, "owner": owner,
         })
         row = await cursor.fetchone()
         assert row is not None
@@ -231,8 +291,10 @@ class PostgresTokenPool:
         rows = await self._fetch(query, {"pool": pool}, _StatusCount, None)
         return PoolStats(pool, {PairStatus(row.status): int(row.n) for row in rows if row.n})
 
-    async def _reservation_state(self, reservation_id: UUID, conn: Conn | None) -> _ReservationState:
-        rows = await self._fetch("reservation_state", {"reservation_id": reservation_id}, _ReservationState, conn)
+    async def _reservation_state(self, reservation_id: UUID, owner: UUID | None,
+                                 conn: Conn | None) -> _ReservationState:
+        params = {"reservation_id": reservation_id, "owner": owner}
+        rows = await self._fetch("reservation_state", params, _ReservationState, conn)
         if not rows:
             raise UnknownReservation(reservation_id)
         state: _ReservationState = rows[0]

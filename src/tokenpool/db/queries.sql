@@ -10,7 +10,17 @@
 -- (tokenpool.vault, docs/security.md); external_ref is the lookup key and stays in clear.
 
 -- reserve --
--- Claim up to n AVAILABLE pairs of a pool and lease them: one statement, one round trip.
+-- Claim a pair of a pool for each of a batch of orders and lease it to the order's owner (the API key
+-- holding it; NULL for library callers): one statement, one round trip, however many orders and owners.
+-- One row per order comes back, in order: its reservation, or why none (over its owner's cap, or the pool
+-- is short).
+-- The cap: an owner may hold at most max_open live reservations (NULL: no cap). open_counts counts each
+-- owner's live ones on token_pool_owner_idx (a range per owner over the few RESERVED rows), and an
+-- owner's k-th order of the batch is admitted while open + k <= max_open. A lapsed lease the janitor has
+-- not swept yet no longer counts. Concurrent statements do not see each other's claims, so a key can pass
+-- its cap by the reservations it has in flight in other statements at that moment (docs/api.md).
+-- first_lapse, for an order over its cap: when the owner's first lease lapses, the latest a slot frees
+-- (the 429's Retry-After); seconds on the database's clock.
 -- Why a random start: each claim leaves a dead entry in token_pool_claim_idx until VACUUM. Starting
 -- every claim at a random claim_key spreads those entries (and concurrent claimers, who would
 -- otherwise all race for the same first rows and skip each other's locks) across the index, instead
@@ -18,9 +28,26 @@
 -- Why two CTEs: after_start reads from the start to the end of the pool's range; before_start wraps
 -- around and is only read when after_start came up short, because the LIMIT on the UNION ALL stops
 -- pulling (and locking) rows once n are found. Both are index range scans on token_pool_claim_idx.
+-- Why the claim's LIMIT is the number of orders (n) and not of admitted ones: a constant keeps the plan
+-- an index range scan; in the rare batch with an order over its cap, a pair locked and not taken is only
+-- held until the statement ends.
 -- Why CTEs and not `id IN (SELECT ...)`: the planner may turn the IN into a join that updates
 -- more rows than the LIMIT; a CTE with FOR UPDATE is evaluated once, as written.
-WITH after_start AS (
+WITH orders AS (
+    SELECT o.n, o.owner, row_number() OVER (PARTITION BY o.owner ORDER BY o.n) AS nth
+    FROM unnest(%(owners)b::uuid[]) WITH ORDINALITY AS o(owner, n)
+), open_counts AS (
+    SELECT reserved_by AS owner, count(*) AS open, min(lease_expires_at) AS first_lapse
+    FROM token_pool
+    WHERE status = 'RESERVED' AND reserved_by IS NOT NULL AND reserved_by = ANY(%(owners)b::uuid[])
+      AND lease_expires_at > now()
+    GROUP BY reserved_by
+), admitted AS (
+    SELECT o.n, o.owner, row_number() OVER (ORDER BY o.n) AS k
+    FROM orders o
+    LEFT JOIN open_counts c ON c.owner = o.owner
+    WHERE o.owner IS NULL OR %(max_open)s::int IS NULL OR coalesce(c.open, 0) + o.nth <= %(max_open)s::int
+), after_start AS (
     SELECT id FROM token_pool
     WHERE pool = %(pool)s AND status = 'AVAILABLE' AND claim_key >= %(start)s
     ORDER BY claim_key
@@ -37,38 +64,59 @@ WITH after_start AS (
     UNION ALL
     SELECT id FROM before_start
     LIMIT %(n)s
+), paired AS (
+    SELECT a.n, a.owner, c.id AS pair_id
+    FROM admitted a
+    JOIN (SELECT id, row_number() OVER () AS k FROM claimed) AS c USING (k)
+), reserved AS (
+    UPDATE token_pool AS t
+    SET status = 'RESERVED',
+        reservation_id = gen_random_uuid(),
+        reserved_by = p.owner,
+        reserved_at = now(),
+        lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+    FROM paired AS p
+    WHERE t.id = p.pair_id
+    RETURNING p.n, t.reservation_id, t.pool, t.token_ct, t.external_ref, t.lease_expires_at
 )
-UPDATE token_pool AS t
-SET status = 'RESERVED',
-    reservation_id = gen_random_uuid(),
-    reserved_at = now(),
-    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-FROM claimed
-WHERE t.id = claimed.id
-RETURNING t.reservation_id, t.pool, t.token_ct, t.external_ref, t.lease_expires_at;
+SELECT o.n, r.reservation_id, r.pool, r.token_ct, r.external_ref, r.lease_expires_at,
+       a.n IS NULL AS over_cap,
+       CASE WHEN a.n IS NULL THEN greatest(extract(epoch FROM c.first_lapse - now()), 0)::float8 END
+           AS retry_after_s
+FROM orders AS o
+LEFT JOIN admitted AS a USING (n)
+LEFT JOIN reserved AS r USING (n)
+LEFT JOIN open_counts AS c ON c.owner = o.owner
+ORDER BY o.n;
 
 -- commit --
--- Mark a reserved pair USED by a card; matches nothing when the reservation is unknown, finished or lapsed.
--- The lease is checked here, not only by the janitor: a holder past its lease must not commit a pair
--- the janitor is about to quarantine.
+-- Mark a reserved pair USED by a card; matches nothing when the reservation is unknown, another key's,
+-- finished or lapsed. The lease is checked here, not only by the janitor: a holder past its lease must
+-- not commit a pair the janitor is about to quarantine.
+-- The owner: IS NOT DISTINCT FROM, so a library caller (owner NULL) commits its own unowned reservations
+-- and no key ever commits another's (nor an unowned one).
 UPDATE token_pool
 SET status = 'USED', card_ref = %(card_ref)s, used_at = now()
-WHERE reservation_id = %(reservation_id)s AND status = 'RESERVED' AND lease_expires_at > now()
+WHERE reservation_id = %(reservation_id)s AND reserved_by IS NOT DISTINCT FROM %(owner)s::uuid
+  AND status = 'RESERVED' AND lease_expires_at > now()
 RETURNING reservation_id, pool, token_ct, external_ref, lease_expires_at;
 
 -- release --
--- Give a reserved pair back to the pool (its holder did not use it) while the lease still holds.
+-- Give a reserved pair back to the pool (its holder did not use it) while the lease still holds; only
+-- its owner may (see commit). The pair forgets its reservation and its owner.
 UPDATE token_pool
-SET status = 'AVAILABLE', reservation_id = NULL, reserved_at = NULL, lease_expires_at = NULL
-WHERE reservation_id = %(reservation_id)s AND status = 'RESERVED' AND lease_expires_at > now()
+SET status = 'AVAILABLE', reservation_id = NULL, reserved_by = NULL, reserved_at = NULL, lease_expires_at = NULL
+WHERE reservation_id = %(reservation_id)s AND reserved_by IS NOT DISTINCT FROM %(owner)s::uuid
+  AND status = 'RESERVED' AND lease_expires_at > now()
 RETURNING id;
 
 -- reservation_state --
--- Why a commit or release matched nothing: read the reservation as it is now.
+-- Why a commit or release matched nothing: read the reservation as it is now, as its owner sees it.
+-- Another key's reservation reads as no reservation at all: its existence is not revealed.
 SELECT reservation_id, pool, token_ct, external_ref, lease_expires_at, status, card_ref,
        lease_expires_at <= now() AS lapsed
 FROM token_pool
-WHERE reservation_id = %(reservation_id)s;
+WHERE reservation_id = %(reservation_id)s AND reserved_by IS NOT DISTINCT FROM %(owner)s::uuid;
 
 -- expire_leases --
 -- The janitor step: quarantine up to `limit` reservations whose lease lapsed (RESERVED -> EXPIRED).
@@ -258,11 +306,12 @@ VALUES (%(pool)s, %(token_digest)s, %(token_ct)s, %(key_version)s, %(external_re
 
 -- pair_insert_reserved --
 -- A pair obtained from TOME for POST /v1/reservations when the pool is empty, recorded as RESERVED
--- with a lease, so that commit, release and the lease sweep treat it like any claimed pair.
+-- with a lease and its owner (the API key), so that commit, release and the lease sweep treat it like
+-- any claimed pair.
 INSERT INTO token_pool (pool, token_digest, token_ct, key_version, external_ref, status, batch_id, reservation_id,
-                        reserved_at, lease_expires_at)
+                        reserved_by, reserved_at, lease_expires_at)
 VALUES (%(pool)s, %(token_digest)s, %(token_ct)s, %(key_version)s, %(external_ref)s, 'RESERVED', %(batch_id)s,
-        gen_random_uuid(), now(), now() + make_interval(secs => %(lease_seconds)s))
+        gen_random_uuid(), %(owner)s, now(), now() + make_interval(secs => %(lease_seconds)s))
 RETURNING reservation_id, pool, token_ct, external_ref, lease_expires_at;
 
 -- idempotency_claim --
@@ -320,26 +369,49 @@ ORDER BY seq
 LIMIT %(limit)s;
 
 -- api_key_insert --
--- A new API key (its SHA-256 only).
-INSERT INTO api_keys (name, key_hash, scopes)
-VALUES (%(name)s, %(key_hash)s, %(scopes)s)
-RETURNING api_key_id, name, scopes;
+-- A new API key (its SHA-256 only), expiring after expires_in_s seconds on the database's clock (NULL: never).
+INSERT INTO api_keys (name, key_hash, scopes, expires_at)
+VALUES (%(name)s, %(key_hash)s, %(scopes)s,
+        now() + make_interval(secs => %(expires_in_s)s::float8))
+RETURNING api_key_id, name, scopes, expires_at;
 
 -- api_key_revoke --
--- Revoke a key by name; the row stays for the audit trail.
+-- Revoke a key by name; the row stays for the audit trail. The api_keys trigger announces it on the
+-- channel every service process listens on (api_keys_listen): it stops working everywhere at once.
 UPDATE api_keys SET revoked_at = now()
 WHERE name = %(name)s AND revoked_at IS NULL
 RETURNING api_key_id;
 
 -- api_key_by_hash --
--- Authenticate a request: the live key with this hash, if any.
-SELECT api_key_id, name, scopes
+-- Authenticate a request: the unrevoked key with this hash, if any, with its expiry (an expired key is
+-- refused with its own code, so the row is read whatever its expiry).
+SELECT api_key_id, name, scopes, expires_at
 FROM api_keys
 WHERE key_hash = %(key_hash)s AND revoked_at IS NULL;
 
+-- api_key_touch --
+-- Record a key's use. Each process sends it at most once a minute per key, and the condition makes it a
+-- no-op (no row version, no lock) when another process recorded a use that recently: at most one write
+-- per key per interval whatever the number of processes.
+UPDATE api_keys SET last_used_at = now()
+WHERE api_key_id = %(api_key_id)s
+  AND (last_used_at IS NULL OR last_used_at < now() - make_interval(secs => %(min_interval_s)s::float8));
+
 -- api_key_list --
--- Every key, live or revoked, without secrets.
-SELECT name, scopes, created_at, revoked_at FROM api_keys ORDER BY name;
+-- Every key, live, expired or revoked, without secrets.
+SELECT name, scopes, created_at, expires_at, last_used_at, revoked_at, expires_at <= now() AS expired
+FROM api_keys ORDER BY name;
+
+-- api_keys_listen --
+-- A service process's key-change listener subscribes to the api_keys trigger's notifications (migration
+-- 0012): the id of each key revoked or changed, delivered when the change commits.
+LISTEN tokenpool_api_keys;
+
+-- api_keys_heartbeat --
+-- The key-change listener's heartbeat, on its listening connection, every quarter second: notifications
+-- committed before it was sent arrive before its answer, so its answer proves the listener missed nothing
+-- older (db/api_key_listener.py). Its own text, not ping's (readiness), so the two are told apart.
+SELECT true AS listening;
 
 -- runtime_config_get --
 -- Every runtime setting (a handful of rows).

@@ -9,17 +9,18 @@ import asyncio
 import json
 import math
 import socket
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from tokenpool import bootstrap
 from tokenpool.db.program_store import ProgramStore
 from tokenpool.programs import UnknownProgram
-from tokenpool.service.auth import ApiKeyError, ApiKeys, parse_scopes
+from tokenpool.service.auth import SCOPES, ApiKeyError, ApiKeys, parse_duration, parse_scopes
 from tokenpool.service.runtime_config import KNOWN_KEYS, parse_percent, read_all, traffic_key, write
 from tokenpool.settings import Settings, get_settings
 
@@ -109,44 +110,81 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 @apikey_app.command("create")
 def apikey_create(
     name: Annotated[str, typer.Option("--name", help="Unique name; audit rows carry it.")],
-    scopes: Annotated[str, typer.Option("--scopes", help="Comma-separated, e.g. cards:write,cards:read")],
-    as_json: Annotated[bool, typer.Option("--json", help='Print {"name", "key", "scopes"}.')] = False,
+    scopes: Annotated[str, typer.Option(
+        "--scopes", help=f"Comma-separated, from: {', '.join(sorted(SCOPES))} (e.g. cards:write,cards:read).")],
+    expires_in: Annotated[str | None, typer.Option(
+        "--expires-in", metavar="DURATION",
+        help="Lifetime, e.g. 30d, 12h, 90m, 2w or 1d12h (units s, m, h, d, w; at most 3650d); "
+        "the key is refused after it. Default: it never expires.")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help='Print {"name", "key", "scopes", "expires_at"}.')] = False,
 ) -> None:
     """Create a key and print it ONCE (only its SHA-256 is stored)."""
     try:
         scope_list = parse_scopes(scopes)
-        principal, key = asyncio.run(_create_key(get_settings(), name, scope_list))
+        expires_in_s = parse_duration(expires_in) if expires_in is not None else None
+        principal, key = asyncio.run(_create_key(get_settings(), name, scope_list, expires_in_s))
     except ApiKeyError as error:
         err_console.print(f"[red]error:[/] {error}")
         raise typer.Exit(2) from None
+    expires_at = principal.expires_at.isoformat() if principal.expires_at else None
     if as_json:
-        typer.echo(json.dumps({"name": principal.name, "key": key, "scopes": sorted(principal.scopes)}))
+        typer.echo(json.dumps({"name": principal.name, "key": key, "scopes": sorted(principal.scopes),
+                               "expires_at": expires_at}))
     else:
-        console.print(f"key for {principal.name!r} (scopes {', '.join(sorted(principal.scopes))}):")
+        console.print(f"key for {principal.name!r} (scopes {', '.join(sorted(principal.scopes))}; "
+                      + (f"expires {expires_at}):" if expires_at else "never expires):"))
         typer.echo(key)
         console.print("[yellow]store it now: it is not shown again.[/]")
 
 
 @apikey_app.command("revoke")
-def apikey_revoke(name: Annotated[str, typer.Option("--name", help="The key's name.")]) -> None:
-    """Revoke a key (running services stop accepting it within the key cache TTL)."""
-    if not asyncio.run(_with_keys(get_settings(), lambda keys: keys.revoke(name))):
-        err_console.print(f"[red]error:[/] no live key named {name!r}")
+def apikey_revoke(
+    name: Annotated[str | None, typer.Argument(help="The key's name.", show_default=False)] = None,
+    name_option: Annotated[str | None, typer.Option("--name", help="The key's name (same as NAME).")] = None,
+) -> None:
+    """Revoke a key: every running service refuses it within a second (docs/security.md, API keys).
+
+    Exit: 0 revoked, 1 no live key of that name, 2 no name (or two different ones)."""
+    if name is not None and name_option is not None and name != name_option:
+        err_console.print("[red]error:[/] give the name once: NAME or --name")
+        raise typer.Exit(2)
+    chosen = name if name is not None else name_option
+    if not chosen:
+        err_console.print("[red]error:[/] which key? tokenpool apikey revoke NAME")
+        raise typer.Exit(2)
+    if not asyncio.run(_with_keys(get_settings(), lambda keys: keys.revoke(chosen))):
+        err_console.print(f"[red]error:[/] no live key named {chosen!r}")
         raise typer.Exit(1)
-    console.print(f"revoked {name!r}")
+    console.print(f"revoked {chosen!r}")
 
 
 @apikey_app.command("list")
-def apikey_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Every key's name, scopes and dates (never the key)."""
+def apikey_list(as_json: Annotated[bool, typer.Option(
+    "--json", help='Print a JSON array of {"name", "scopes", "status", "created_at", "last_used_at", '
+    '"expires_at", "revoked_at"}.')] = False) -> None:
+    """Every key's name, scopes, status (live, expired, revoked) and dates (never the key).
+
+    Last use is recorded at most once a minute per key and service process, so it may lag by a minute."""
     rows: list[dict[str, Any]] = asyncio.run(_with_keys(get_settings(), lambda keys: keys.list()))
     if as_json:
         typer.echo(json.dumps(rows))
         return
-    table = Table("name", "scopes", "created", "revoked")
+    # Fold, never truncate: a narrow terminal wraps a date rather than hiding its end behind an ellipsis.
+    table = Table(*(Column(header, overflow="fold") for header in
+                    ("name", "scopes", "status", "created", "last used", "expires", "revoked")))
     for row in rows:
-        table.add_row(row["name"], ",".join(row["scopes"]), row["created_at"], row["revoked_at"] or "")
+        table.add_row(row["name"], ",".join(row["scopes"]), row["status"], _when(row["created_at"]),
+                      _when(row["last_used_at"]) or "never", _when(row["expires_at"]) or "never",
+                      _when(row["revoked_at"]))
     console.print(table)
+
+
+def _when(iso: str | None) -> str:
+    """An ISO timestamp to the minute (last use is recorded once a minute), in UTC, for the table."""
+    if iso is None:
+        return ""
+    return datetime.fromisoformat(iso).astimezone(UTC).strftime("%Y-%m-%d %H:%MZ")
 
 
 ProgramOption = Annotated[
@@ -207,8 +245,8 @@ def _known_key(key: str) -> str:
     return KNOWN_KEYS[key]
 
 
-async def _create_key(settings: Settings, name: str, scopes: list[str]) -> Any:
-    return await _with_keys(settings, lambda keys: keys.create(name, scopes))
+async def _create_key(settings: Settings, name: str, scopes: list[str], expires_in_s: int | None) -> Any:
+    return await _with_keys(settings, lambda keys: keys.create(name, scopes, expires_in_s=expires_in_s))
 
 
 async def _with_keys(settings: Settings, action: Any) -> Any:

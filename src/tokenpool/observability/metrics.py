@@ -20,7 +20,8 @@ from prometheus_client import Counter, Gauge, Histogram
 POOL_PAIRS = Gauge("tokenpool_pool_pairs", "Token pairs in the pool by status.", ["pool", "status"])
 POOL_RESERVATIONS = Counter(
     "tokenpool_pool_reservations_total",
-    "Pairs asked of the claim statement: reserved, or exhausted (the pool had none left). A reservation made "
+    "Pairs asked of the claim statement: reserved, exhausted (the pool had none left), or over_cap (the API key "
+    "held its maximum of open reservations). A reservation made "
     "inside a caller's transaction counts even if that transaction later rolls back.",
     ["pool", "outcome"],
 )
@@ -95,6 +96,28 @@ TOME_CALLS_AVOIDED = Counter(
 POOL_TRAFFIC_PERCENT = Gauge(
     "tokenpool_pool_traffic_percent", "Share of a program's card creations routed to the pool (canary), as last read.",
     ["program"],
+)
+RATE_LIMITED = Counter(
+    "tokenpool_rate_limited_total",
+    "Requests refused with 429 by a per-key limit: cards, detokenize_refs, open_reservations.",
+    ["limit"],
+)
+RATE_LIMIT_STORAGE_ERRORS = Counter(
+    "tokenpool_rate_limit_storage_errors_total",
+    "Failed or timed-out calls to the shared rate-limit storage (Redis); the process then counts alone for a while.",
+)
+RATE_LIMIT_SHARED = Gauge(
+    "tokenpool_rate_limit_shared", "1 while limits are counted in the shared storage, 0 while this process counts "
+    "alone (no storage configured, or it failed: fail open to per-process limits).",
+)
+# "down" rather than "up": a process that never listens (the worker, the CLI) shows 0 and alerts on nothing.
+API_KEY_LISTENER_DOWN = Gauge(
+    "tokenpool_api_key_listener_down",
+    "1 while this service process does not hear API key revocations (LISTEN/NOTIFY not yet or no longer "
+    "connected): its key checks are cached 1 s at most meanwhile; 0 while it listens.",
+)
+API_KEY_LISTENER_RECONNECTS = Counter(
+    "tokenpool_api_key_listener_reconnects_total", "Times the API key listener lost its connection and reconnected."
 )
 
 # --- TOME -----------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from tokenpool.pool.errors import (
     PoolExhausted,
     PoolUnavailable,
     ReservationConflict,
+    TooManyOpenReservations,
     UnknownReservation,
 )
 from tokenpool.pool.model import PairStatus, PoolStats, Reservation, TokenPair
@@ -22,5 +23,6 @@ __all__ = [
     "Reservation",
     "ReservationConflict",
     "TokenPair",
+    "TooManyOpenReservations",
     "UnknownReservation",
 ]

@@ -29,6 +29,21 @@ class PoolUnavailable(PoolError):
         self.pool = pool
 
 
+class TooManyOpenReservations(PoolError):
+    """The reservation's owner (an API key) already holds its maximum of live reservations; nothing was
+    reserved. ``retry_after_s``: until the owner's first lease lapses, the latest one of them frees a slot
+    (a commit or release frees one sooner)."""
+
+    code = "TOO_MANY_OPEN_RESERVATIONS"
+
+    def __init__(self, pool: str, owner: UUID | None, limit: int, retry_after_s: float) -> None:
+        super().__init__(f"the key holds its maximum of {limit} open reservations; commit or release one first")
+        self.pool = pool
+        self.owner = owner
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+
+
 class UnknownReservation(PoolError):
     code = "RESERVATION_NOT_FOUND"
 

@@ -8,6 +8,7 @@ client, and closes them. Tests build it with their own database URL and emulator
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -17,13 +18,20 @@ from fastapi_offline import FastAPIOffline
 
 from tokenpool.aws.emf_reporter import SERVICE_FIGURES, emf_reporting
 from tokenpool.cards.errors import CardError, IdempotencyKeyInUse, IdempotencyKeyReused, TemporarilyUnavailable
+from tokenpool.db.api_key_listener import KeyChangeListener
 from tokenpool.db.database import Database
 from tokenpool.db.errors import DatabaseError, DatabaseUnavailable, InvalidValue
 from tokenpool.db.vault_store import Vault, VaultStore
 from tokenpool.observability.logging import get_logger
 from tokenpool.observability.masking import mask_text
-from tokenpool.observability.metrics import initialise_metrics
-from tokenpool.pool.errors import LeaseExpired, PoolError, ReservationConflict, UnknownReservation
+from tokenpool.observability.metrics import RATE_LIMITED, initialise_metrics
+from tokenpool.pool.errors import (
+    LeaseExpired,
+    PoolError,
+    ReservationConflict,
+    TooManyOpenReservations,
+    UnknownReservation,
+)
 from tokenpool.programs import ProgramError, UnknownProgram
 from tokenpool.service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from tokenpool.service.problems import PROBLEM_SCHEMA, install_problem_handlers, problem_response
@@ -44,7 +52,7 @@ DOCS_ASSETS = "/docs/assets"
 # Every domain error the services raise, and the HTTP status it answers with. Each error carries its
 # stable ``code`` (docs/api.md); the status is the HTTP layer's business alone.
 _STATUS: dict[type[Exception], int] = {
-    UnknownReservation: 404, LeaseExpired: 410, ReservationConflict: 409, PoolError: 409,
+    UnknownReservation: 404, LeaseExpired: 410, ReservationConflict: 409, TooManyOpenReservations: 429, PoolError: 409,
     IdempotencyKeyInUse: 409, IdempotencyKeyReused: 422, TemporarilyUnavailable: 503,
     InvalidValue: 422, UnknownProgram: 422,
 }
@@ -63,8 +71,20 @@ def create_app(settings: Settings, *, database_url: str, tome_factory: TomeFacto
             provider = key_provider or key_provider_from_settings(settings)
             vault = Vault.unloaded(VaultStore(db, provider), refresh_s=settings.vault_refresh_s)
             async with tome_factory() as tome, emf_reporting(settings, SERVICE_FIGURES, process="api"):
-                app.state.components = build_components(settings, db, vault, tome)
-                yield
+                components = build_components(settings, db, vault, tome)
+                # Revocations reach this process's key cache through LISTEN/NOTIFY (service/auth.py).
+                listener = KeyChangeListener(database_url, settings, components.api_keys.forget,
+                                             heartbeat_s=settings.service_api_key_fallback_ttl_s / 4)
+                components.api_keys.listen(listener)
+                if settings.service_api_key_cache_ttl_s > 0:
+                    listener.start()
+                app.state.components = components
+                try:
+                    yield
+                finally:
+                    await listener.close()
+                    await components.api_keys.close()
+                    await components.rate_limits.close()
         finally:
             await db.close()
 
@@ -95,6 +115,9 @@ def create_app(settings: Settings, *, database_url: str, tome_factory: TomeFacto
         headers = None
         if isinstance(exc, TemporarilyUnavailable):
             headers = {"Retry-After": str(max(1, round(exc.retry_after_s)))}
+        elif isinstance(exc, TooManyOpenReservations):
+            RATE_LIMITED.labels("open_reservations").inc()
+            headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))}
         return problem_response(status, code, detail, headers=headers)
 
     async def on_vault_error(_request: Request, exc: Exception) -> JSONResponse:

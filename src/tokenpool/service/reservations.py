@@ -4,6 +4,11 @@ Standalone reservations go through :class:`ClaimBatcher`, which folds concurrent
 statement. When the pool is empty the pair comes from TOME and is inserted as RESERVED with a lease,
 so commit, release (the pair then joins the pool) and the lease sweep treat it like any other.
 
+Every reservation belongs to the API key that made it (``token_pool.reserved_by``): only that key may
+commit or release it; any other key is answered as for an unknown reservation (404), so a reservation's
+existence is not revealed. A key holds at most ``max_open_reservations`` live reservations at once; the
+claim statement counts them (429 TOO_MANY_OPEN_RESERVATIONS beyond).
+
 When the database is down, POST /v1/reservations answers 503 rather than handing out a TOME pair:
 such a pair could not be recorded, so its commit could not be checked and a release would lose it;
 the caller, which keeps its own TOME path for exactly this case, is better placed to use TOME itself.
@@ -37,14 +42,15 @@ class ReservationService:
         self._pairs = pairs
         self._settings = settings
         self._programs = programs
-        self._batcher = ClaimBatcher(store)
+        self._batcher = ClaimBatcher(store, max_open_per_owner=settings.max_open_reservations)
 
-    async def reserve(self, program: str) -> tuple[Reservation, TokenSource]:
-        """Raises :class:`tokenpool.programs.UnknownProgram` first of all for an unregistered program."""
+    async def reserve(self, program: str, owner: UUID | None) -> tuple[Reservation, TokenSource]:
+        """A reservation held by ``owner`` (the API key's id). Raises
+        :class:`tokenpool.programs.UnknownProgram` first of all for an unregistered program."""
         registered = await self._programs.require(program)
         try:
             async with self._db.guard():
-                reservation = await self._batcher.reserve(program, self._settings.lease_seconds)
+                reservation = await self._batcher.reserve(program, self._settings.lease_seconds, owner)
             return reservation, TokenSource.POOL
         except PoolExhausted:
             log.info("reservation.pool_empty.tome_fallback", program=program)
@@ -61,16 +67,16 @@ class ReservationService:
             async with self._db.transaction() as conn:
                 await self._pairs.close(conn, journaled, journaled.intent_id)
                 reservation = await self._store.insert_reserved_pair(
-                    conn, program, journaled.pair, journaled.intent_id, self._settings.lease_seconds)
+                    conn, program, journaled.pair, journaled.intent_id, self._settings.lease_seconds, owner=owner)
         except PairReclaimed as reclaimed:
             raise TemporarilyUnavailable(reclaimed.code, reclaimed.detail,
                                          self._settings.service_retry_after_s) from None
         return reservation, TokenSource.TOME
 
-    async def commit(self, reservation_id: UUID, card_ref: str) -> None:
+    async def commit(self, reservation_id: UUID, card_ref: str, owner: UUID | None) -> None:
         async with self._db.guard():
-            await self._store.commit(reservation_id, card_ref)
+            await self._store.commit(reservation_id, card_ref, owner=owner)
 
-    async def release(self, reservation_id: UUID) -> None:
+    async def release(self, reservation_id: UUID, owner: UUID | None) -> None:
         async with self._db.guard():
-            await self._store.release(reservation_id)
+            await self._store.release(reservation_id, owner=owner)

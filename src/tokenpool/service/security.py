@@ -44,6 +44,10 @@ async def authorize(request: Request, key: str | None, scope: str) -> Principal:
         raise ProblemError(401, "INVALID_API_KEY", "The API key is unknown or revoked.", headers=_CHALLENGE)
     request.state.principal = principal  # an audited refusal after this point names the key
     structlog.contextvars.bind_contextvars(api_key_name=principal.name)
+    if principal.expired():
+        # Its own code: only the key's holder can present it, so saying it expired tells nobody else anything,
+        # and tells its holder what to do (a new key) instead of suggesting a typo.
+        raise ProblemError(401, "API_KEY_EXPIRED", "The API key has expired; ask for a new one.", headers=_CHALLENGE)
     if scope not in principal.scopes:
         raise ProblemError(403, "INSUFFICIENT_SCOPE", f"The API key lacks the scope {scope!r}.")
     return principal

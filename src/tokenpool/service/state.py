@@ -21,6 +21,7 @@ from tokenpool.service.auth import ApiKeys
 from tokenpool.service.cards import CardService
 from tokenpool.service.client_address import ClientAddresses, parse_trusted_proxies
 from tokenpool.service.detokenize import DetokenizeService
+from tokenpool.service.rate_limits import RateLimits
 from tokenpool.service.reservations import ReservationService
 from tokenpool.service.runtime_config import RuntimeConfig
 from tokenpool.service.token_read_audit import TokenReadAudit
@@ -38,6 +39,7 @@ class Components:
     tome: TomePort
     programs: ProgramCatalog
     api_keys: ApiKeys
+    rate_limits: RateLimits
     runtime_config: RuntimeConfig
     cards: CardService
     detokenize: DetokenizeService
@@ -67,7 +69,10 @@ def build_components(settings: Settings, db: Database, vault: Vault, tome: TomeP
         samples=MonitoringStore(db),
         tome=tome,
         programs=programs,
-        api_keys=ApiKeys(db, cache_ttl_s=settings.service_api_key_cache_ttl_s),
+        api_keys=ApiKeys(db, cache_ttl_s=settings.service_api_key_cache_ttl_s,
+                         fallback_ttl_s=settings.service_api_key_fallback_ttl_s,
+                         last_used_interval_s=settings.service_api_key_last_used_interval_s),
+        rate_limits=RateLimits.from_settings(settings),
         runtime_config=runtime_config,
         cards=CardService(db, store, CardStore(vault), pairs, vault, runtime_config, settings, programs),
         detokenize=DetokenizeService(db, TokenLookupStore(vault), audit, vault, tome, settings, programs),

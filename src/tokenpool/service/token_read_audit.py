@@ -2,10 +2,10 @@
 
 A card read that shows the whole internal token writes its row before the answer leaves; if the row
 cannot be written the request fails (503 when the database is unavailable) and shows nothing. A
-refused attempt at a token-revealing route (400, 401, 403, 422) writes a row naming the reason code,
-the origin and the key (when known), never the refs: one bounded row per request, so a flood of
-refusals grows the table no faster than the requests arrive. That row is best effort: when the
-database is down the refusal is still sent.
+refused attempt at a token-revealing route (400, 401, 403, 422, and 429: a key over its detokenize
+limit) writes a row naming the reason code, the origin and the key (when known), never the refs: one
+bounded row per request, so a flood of refusals grows the table no faster than the requests arrive.
+That row is best effort: when the database is down the refusal is still sent.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ TOKEN_READ_ROUTES: dict[tuple[str, str], AuditEvent] = {
     ("POST", "/v1/detokenize"): "detokenize",
     ("GET", "/v1/cards/{card_id}"): "card_read",
 }
-REFUSALS = frozenset({400, 401, 403, 422})
+REFUSALS = frozenset({400, 401, 403, 422, 429})
 
 Handler = Callable[[Request, Any], Response | Awaitable[Response]]
 

@@ -16,7 +16,7 @@ from tokenpool.observability.masking import mask_to_last_four
 from tokenpool.service.auth import CARDS_READ, CARDS_WRITE, TOKENS_DETOKENIZE, Principal
 from tokenpool.service.cards import CardOrder
 from tokenpool.service.problems import ProblemError, invalid_characters_detail
-from tokenpool.service.routes.docs import AUTHENTICATED, WITH_BODY, CardId, link, problems
+from tokenpool.service.routes.docs import AUTHENTICATED, UNKNOWN_PROGRAM, WITH_BODY, CardId, link, problems
 from tokenpool.service.schemas import CardResponse, CreateCardRequest
 from tokenpool.service.security import authorize, bearer_key, require
 from tokenpool.service.state import components
@@ -56,23 +56,26 @@ _CARD_LINKS = {
         200: {"description": "Idempotent replay: the card this Idempotency-Key created before.",
               "model": CardResponse, "links": _CARD_LINKS, "headers": {
                   "Idempotent-Replayed": {"description": "`true`.", "schema": {"type": "string", "enum": ["true"]}}}},
-        **problems(*AUTHENTICATED, *WITH_BODY, 409, details={
+        **problems(*AUTHENTICATED, *WITH_BODY, 409, 429, details={
             400: "`INVALID_IDEMPOTENCY_KEY`: the Idempotency-Key is not 1-255 visible ASCII characters.",
             403: "The scope needed: `cards:write`.",
             409: "`IDEMPOTENCY_KEY_IN_USE`: the key's first request is still unreadable; retry.",
-            422: "`IDEMPOTENCY_KEY_REUSED`: this Idempotency-Key came with another body before.",
+            422: f"`IDEMPOTENCY_KEY_REUSED`: this Idempotency-Key came with another body before. {UNKNOWN_PROGRAM}",
+            429: "Card creations per key: `TOKENPOOL_RATE_LIMIT_CARDS`.",
         }),
     },
 )
 async def create_card(request: Request) -> Response:
     """Create a card with a token pair from the pool (or TOME when the pool is empty)."""
     principal = await authorize(request, bearer_key(request), CARDS_WRITE)
+    found = components(request)
+    await found.rate_limits.card(principal)  # every attempt counts, replays and refusals included
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is not None:
         _check_idempotency_key(idempotency_key)
     body = await _create_card_body(request)
     order = CardOrder(body.program, body.customer_ref, idempotency_key, principal)
-    card, created = await components(request).cards.create(order)
+    card, created = await found.cards.create(order)
     content = CardResponse.of(card).model_dump_json()
     if created:
         return Response(content, 201, {"Location": f"/v1/cards/{card.card_id}"}, "application/json")

@@ -18,8 +18,9 @@ router = APIRouter(prefix="/v1", tags=["tokens"])
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse, operation_id="detokenize", responses=problems(
-    *AUTHENTICATED, *WITH_BODY, details={
+    *AUTHENTICATED, *WITH_BODY, 429, details={
         403: "The scope needed: `tokens:detokenize`.",
+        429: "External refs per key: `TOKENPOOL_RATE_LIMIT_DETOKENIZE_REFS` (a request costs its number of refs).",
         422: "`TOO_MANY_REFS`: more `external_refs` than the service's limit (`maxItems`).",
         503: "`TOME_UNAVAILABLE`: no ref in the database and TOME down.",
     }))
@@ -33,6 +34,7 @@ async def detokenize(
     limit = found.settings.service_max_detokenize_refs
     if len(body.external_refs) > limit:
         raise ProblemError(422, "TOO_MANY_REFS", f"At most {limit} external_refs per request.")
+    await found.rate_limits.detokenize_refs(principal, len(body.external_refs))  # a request costs its refs
     client = found.client_addresses.of(request)
     outcome = await found.detokenize.detokenize(body.external_refs, principal, current_correlation_id(), client)
     warnings = [] if outcome.complete else [ResponseWarning(

@@ -19,12 +19,14 @@ _CHALLENGE = {"WWW-Authenticate": {"description": "`Bearer`.", "schema": {"type"
 # What each status means on any operation; ``problems(..., details=...)`` adds an operation's own codes.
 _GENERIC: dict[int, str] = {
     400: "`MALFORMED_JSON`: the body is not JSON; `BAD_REQUEST`: the body could not be read (invalid UTF-8).",
-    401: "`AUTHENTICATION_REQUIRED`: no bearer key; `INVALID_API_KEY`: the key is unknown or revoked.",
+    401: "`AUTHENTICATION_REQUIRED`: no bearer key; `INVALID_API_KEY`: the key is unknown or revoked; "
+         "`API_KEY_EXPIRED`: the key's expiry has passed.",
     403: "`INSUFFICIENT_SCOPE`: the key lacks this operation's scope.",
     413: "`BODY_TOO_LARGE`: the body is over the service's limit (`TOKENPOOL_SERVICE_MAX_BODY_BYTES`).",
     422: "`INVALID_CHARACTERS`: a string holds a control character, a line or paragraph separator or a lone "
          "surrogate (`errors` names the fields); `VALIDATION_ERROR`: a missing or unknown field, a wrong type, "
          "a string or list out of its bounds.",
+    429: "`RATE_LIMITED`: this key's rate limit is spent; retry after `Retry-After` seconds.",
     500: "`INTERNAL_ERROR`: a bug, quote the correlation id; `TOKEN_UNREADABLE`: a stored token failed its "
          "integrity check; `INSUFFICIENT_PRIVILEGE`: a deployment error.",
     503: "`DATABASE_UNAVAILABLE`, `SERVICE_BUSY`, `VAULT_UNAVAILABLE`, `TOME_UNAVAILABLE`, "
@@ -34,6 +36,8 @@ _GENERIC: dict[int, str] = {
 # The statuses every operation behind a key can answer with besides its own.
 AUTHENTICATED = (401, 403, 500, 503)
 WITH_BODY = (400, 413, 422)
+# A request naming a card program: registered programs only.
+UNKNOWN_PROGRAM = "`UNKNOWN_PROGRAM`: the program is not registered (`tokenpool program add`); nothing written."
 
 
 def problems(*statuses: int, details: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
@@ -43,7 +47,7 @@ def problems(*statuses: int, details: dict[int, str] | None = None) -> dict[int 
         text = " ".join(part for part in (_GENERIC.get(status), (details or {}).get(status)) if part)
         response: dict[str, Any] = {"description": text or "A problem (RFC 9457); see docs/api.md.",
                                     "content": _PROBLEM}
-        if status == 503:
+        if status in (429, 503):
             response["headers"] = _RETRY_AFTER
         elif status == 401:
             response["headers"] = _CHALLENGE

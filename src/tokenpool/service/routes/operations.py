@@ -15,7 +15,7 @@ from tokenpool.observability.metrics import POOL_PAIRS, forget_pools, initialise
 from tokenpool.pool.model import PairStatus, PoolStats
 from tokenpool.service.auth import METRICS_READ, POOLS_READ, Principal
 from tokenpool.service.problems import ProblemError
-from tokenpool.service.routes.docs import AUTHENTICATED, ProgramName, problems
+from tokenpool.service.routes.docs import AUTHENTICATED, UNKNOWN_PROGRAM, ProgramName, problems
 from tokenpool.service.schemas import HealthResponse, PoolResponse, ReadinessResponse
 from tokenpool.service.security import require
 from tokenpool.service.state import Components, components
@@ -62,8 +62,8 @@ async def metrics(request: Request, _principal: Annotated[Principal, Depends(req
 
 
 @router.get("/v1/pools/{program}", response_model=PoolResponse, tags=["pools"], operation_id="getPool",
-            responses=problems(*AUTHENTICATED, 404, 422, details={
-                403: "The scope needed: `pools:read`.", 404: "`POOL_NOT_FOUND`: the pool never held a pair."}))
+            responses=problems(*AUTHENTICATED, 422, details={
+                403: "The scope needed: `pools:read`.", 422: UNKNOWN_PROGRAM}))
 async def pool(
     program: ProgramName,
     request: Request,
