@@ -172,7 +172,7 @@ def forget_pools(pools: Iterable[str]) -> None:
             with contextlib.suppress(KeyError):
                 POOL_PAIRS.remove(pool, status)
 # --- Label values, for initialise_metrics (the code that counts uses the same literals) ----------------
-POOL_RESERVATION_OUTCOMES = ("reserved", "exhausted")
+POOL_RESERVATION_OUTCOMES = ("reserved", "exhausted", "over_cap")
 POOL_COMMIT_OUTCOMES = ("committed", "replayed", "conflict", "lease_expired")
 DETOKENIZE_SOURCES = ("db", "tome", "none")
 TOME_OPERATIONS = ("issue", "tokenize", "detokenize")
