@@ -129,9 +129,10 @@ def create_service_app(settings: Settings) -> FastAPI:
     started without its environment is then alive, never ready, and tells why (and in its log)."""
     missing = missing_service_settings(settings)
     if missing:
-        from tokenpool.service.unconfigured import create_unconfigured_app, not_configured_detail
+        from tokenpool.service.unconfigured import create_unconfigured_app
 
-        log.error("service.not_configured", missing=[m.name for m in missing], detail=not_configured_detail(missing))
+        log.error("service.not_configured", missing=[m.name for m in missing], reasons=[m.reason for m in missing],
+                  effect="/readyz and every route but /healthz answer 503 NOT_CONFIGURED (docs/deploy.md)")
         return create_unconfigured_app(missing)
     from tokenpool.service.app import create_app  # deferred: see TYPE_CHECKING above
 
