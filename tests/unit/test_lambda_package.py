@@ -75,10 +75,18 @@ def test_prune_drops_scripts_byte_code_and_the_builders_wheel_path(tmp_path):
     info = _dist(tmp_path, "tokenpool", files=("tokenpool/__init__.py", "bin/tokenpool",
                                                "tokenpool/__pycache__/__init__.cpython-312.pyc"))
     (info / "direct_url.json").write_text('{"url": "file:///tmp/tokenpool-lambda-abc/wheel/..."}')
+    with (info / "RECORD").open("a") as record:
+        record.write("tokenpool-1.0.dist-info/direct_url.json,sha256=differs-every-build,60\n"
+                     '"tokenpool/odd,name.py",sha256=y,1\n')
+    (tmp_path / "tokenpool/odd,name.py").write_text("")
     prune(tmp_path)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
         "tokenpool", "tokenpool-1.0.dist-info", "tokenpool-1.0.dist-info/METADATA",
-        "tokenpool-1.0.dist-info/RECORD", "tokenpool/__init__.py"]
+        "tokenpool-1.0.dist-info/RECORD", "tokenpool/__init__.py", "tokenpool/odd,name.py"]
+    # RECORD names only what the package holds (the removed files' hashes would differ between builds)
+    assert (info / "RECORD").read_text().splitlines() == [
+        "tokenpool/__init__.py,sha256=x,1", "tokenpool-1.0.dist-info/METADATA,,", "tokenpool-1.0.dist-info/RECORD,,",
+        '"tokenpool/odd,name.py",sha256=y,1']
 
 
 def _tree(root: Path, mtime: int) -> None:

