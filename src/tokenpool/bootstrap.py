@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from tokenpool.aws.secrets import read_database_url
 from tokenpool.db import migrate, roles
 from tokenpool.db.database import Database
-from tokenpool.db.embedded import APP_ROLE, start_embedded
+from tokenpool.db.embedded import APP_ROLE, embedded_available, start_embedded
 from tokenpool.db.journal_store import JournalStore
 from tokenpool.db.lease_store import LeaseStore
 from tokenpool.db.monitoring_store import MonitoringStore
@@ -29,6 +29,8 @@ from tokenpool.vault import key_provider_from_settings
 
 if TYPE_CHECKING:  # fastapi is imported only when the service is built: the CLI starts faster without it
     from fastapi import FastAPI
+
+    from tokenpool.service.unconfigured import MissingSetting
 
 
 log = get_logger(__name__)
@@ -150,12 +152,38 @@ async def open_backend(url: str, settings: Settings, *, min_size: int | None = N
 
 
 def create_service_app(settings: Settings) -> FastAPI:
-    """The HTTP service (``tokenpool serve``) wired to the configured database and TOME."""
+    """The HTTP service (``tokenpool serve``) wired to the configured database and TOME.
+
+    Missing a setting it needs, the service still starts, but only as an app that answers ``/healthz`` and
+    says what is missing on ``/readyz`` (503) and everywhere else (service/unconfigured.py): a container
+    started without its environment is then alive, never ready, and tells why (and in its log)."""
+    missing = missing_service_settings(settings)
+    if missing:
+        from tokenpool.service.unconfigured import create_unconfigured_app
+
+        log.error("service.not_configured", missing=[m.name for m in missing], reasons=[m.reason for m in missing],
+                  effect="/readyz and every route but /healthz answer 503 NOT_CONFIGURED (docs/deploy.md)")
+        return create_unconfigured_app(missing)
     from tokenpool.service.app import create_app  # deferred: see TYPE_CHECKING above
 
-    if not settings.tome_url:
-        raise ValueError("the service needs TOKENPOOL_TOME_URL (the TOME base URL)")
     return create_app(settings, database_url=database_url(settings), tome_factory=lambda: TomeClient(settings))
+
+
+def missing_service_settings(settings: Settings) -> list[MissingSetting]:
+    """What the service lacks to start: TOME's URL; a database URL unless an embedded server can stand in."""
+    from tokenpool.service.unconfigured import MissingSetting
+
+    missing: list[MissingSetting] = []
+    if settings.database_url is None:
+        if settings.database_admin_url is not None:
+            missing.append(MissingSetting("TOKENPOOL_DATABASE_URL", "the app role's URL; only "
+                                          "TOKENPOOL_DATABASE_ADMIN_URL, the owner's, is set"))
+        elif not embedded_available():
+            missing.append(MissingSetting("TOKENPOOL_DATABASE_URL", "the app role's PostgreSQL URL; "
+                                          "embedded PostgreSQL, tokenpool[embedded], is not installed"))
+    if not settings.tome_url:
+        missing.append(MissingSetting("TOKENPOOL_TOME_URL", "the TOME base URL"))
+    return missing
 
 
 def refill_deps(settings: Settings, backend: Backend, tome: TomeClient) -> RefillDeps:

@@ -169,6 +169,11 @@ class Settings(BaseSettings):
     )
 
     # --- Service ----------------------------------------------------------------------------------
+    serve_host: str = Field(
+        default="127.0.0.1", min_length=1,
+        description="Where `tokenpool serve` listens without --host (the container image sets 0.0.0.0).",
+    )
+    serve_port: int = Field(default=8000, ge=1, le=65535, description="`tokenpool serve`'s port without --port.")
     pool_traffic_percent: int = Field(
         default=100, ge=0, le=100,
         description="Share of card creations served from the pool (rest: TOME). Default when the"

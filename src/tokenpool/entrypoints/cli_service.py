@@ -39,8 +39,10 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    host: Annotated[str | None, typer.Option(help="Interface to listen on [default: TOKENPOOL_SERVE_HOST, "
+                                             "else 127.0.0.1].", show_default=False)] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port [default: TOKENPOOL_SERVE_PORT, else 8000].",
+                                             show_default=False)] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
     ssl_certfile: Annotated[
         Path | None,
@@ -70,6 +72,9 @@ def serve(
 
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise typer.BadParameter("--ssl-certfile and --ssl-keyfile go together: give both or neither")
+    settings = get_settings()
+    host = host or settings.serve_host
+    port = port if port is not None else settings.serve_port
     config = uvicorn.Config(
         "tokenpool.entrypoints.api:create_app_from_env",
         factory=True,
@@ -83,7 +88,7 @@ def serve(
         timeout_graceful_shutdown=10,
         # uvicorn's default (5 s) is shorter than any balancer's or client pool's idle timeout: a request
         # sent on a connection the server is just closing is lost, and the client sees a dropped connection.
-        timeout_keep_alive=max(1, math.ceil(get_settings().service_keep_alive_s)),
+        timeout_keep_alive=max(1, math.ceil(settings.service_keep_alive_s)),
     )
     server = uvicorn.Server(config)
     if workers == 1:
