@@ -19,7 +19,7 @@ LONG_CACHE = {"service_api_key_cache_ttl_s": 60.0, "service_api_key_fallback_ttl
 
 
 async def _status(client, key: str) -> tuple[int, str]:
-    """A request with the key: (status, problem code); an authenticated one answers 404 POOL_NOT_FOUND."""
+    """A request with the key: (status, problem code); an authenticated one answers 422 UNKNOWN_PROGRAM."""
     response = await client.get("/v1/pools/no-such-pool", headers={"Authorization": f"Bearer {key}"})
     return response.status_code, response.json()["code"]
 
@@ -28,7 +28,7 @@ async def _refused_after(client, key: str, bound_s: float) -> float:
     """Seconds until ``key`` is refused (401 INVALID_API_KEY), polling every 10 ms; fails past ``bound_s``."""
     started = time.monotonic()
     while (answer := await _status(client, key)) != (401, "INVALID_API_KEY"):
-        assert answer == (404, "POOL_NOT_FOUND"), answer
+        assert answer == (422, "UNKNOWN_PROGRAM"), answer
         assert time.monotonic() - started < bound_s, f"still accepted after {bound_s} s"
         await asyncio.sleep(0.01)
     return time.monotonic() - started
@@ -59,10 +59,10 @@ async def test_an_expired_key_is_refused_with_its_own_code(api: Api):
         await asyncio.sleep(max(0.0, principal.expires_at.timestamp() - time.time()) + 0.05)
         response = await client.get("/v1/pools/x", headers={"Authorization": f"Bearer {key}"})
         other = await _status(client, lasting)
-    assert before == (404, "POOL_NOT_FOUND")
+    assert before == (422, "UNKNOWN_PROGRAM")
     assert (response.status_code, response.json()["code"]) == (401, "API_KEY_EXPIRED")
     assert response.headers["WWW-Authenticate"] == "Bearer"
-    assert other == (404, "POOL_NOT_FOUND")
+    assert other == (422, "UNKNOWN_PROGRAM")
     listed = {row["name"]: row for row in await api.keys.list()}
     assert listed["short-lived"]["status"] == "expired"
     assert listed["lasting"]["status"] == "live"
@@ -91,8 +91,8 @@ async def test_a_revoked_key_is_refused_by_another_process_within_a_second(datab
         await _wait_for_listeners(pg_server_url, test_database, 2)
         _principal, key = await first.keys.create("to-revoke", ["pools:read"])
         async with first.client() as one, second.client() as two:
-            assert await _status(one, key) == (404, "POOL_NOT_FOUND")  # cached in both, for a minute
-            assert await _status(two, key) == (404, "POOL_NOT_FOUND")
+            assert await _status(one, key) == (422, "UNKNOWN_PROGRAM")  # cached in both, for a minute
+            assert await _status(two, key) == (422, "UNKNOWN_PROGRAM")
             # Revoked from outside both services (the harness's own connection pool, as the CLI would).
             assert await first.keys.revoke("to-revoke")
             elapsed = await _refused_after(two, key, bound_s=1.0)
@@ -108,8 +108,8 @@ async def test_the_listener_reconnects_after_its_connection_is_killed(database_u
         _principal, key = await service.keys.create("revoked-while-reconnecting", ["pools:read"])
         _principal, later = await service.keys.create("revoked-after-reconnecting", ["pools:read"])
         async with service.client() as client:
-            assert await _status(client, key) == (404, "POOL_NOT_FOUND")
-            assert await _status(client, later) == (404, "POOL_NOT_FOUND")
+            assert await _status(client, key) == (422, "UNKNOWN_PROGRAM")
+            assert await _status(client, later) == (422, "UNKNOWN_PROGRAM")
             with psycopg.connect(pg_server_url, autocommit=True) as conn:
                 assert conn.execute("SELECT pg_terminate_backend(%s)", (listener,)).fetchone() == (True,)
             # Revoked while nobody listens: the notification is lost; the cache must still not keep the key.
@@ -118,7 +118,7 @@ async def test_the_listener_reconnects_after_its_connection_is_killed(database_u
             await _wait_for_listeners(pg_server_url, test_database, 1, not_in={listener}, timeout_s=5.0)
             # Listening again: a revocation is heard at once again.
             await asyncio.sleep(0.3)  # a heartbeat or two: the listener confirms it hears everything
-            assert await _status(client, later) == (404, "POOL_NOT_FOUND")
+            assert await _status(client, later) == (422, "UNKNOWN_PROGRAM")
             assert await service.keys.revoke("revoked-after-reconnecting")
             assert await _refused_after(client, later, bound_s=1.0) < 1.0
 
@@ -132,7 +132,7 @@ async def test_without_its_listener_a_process_still_refuses_a_revoked_key_within
     async with running_api(database_url, tome, **LONG_CACHE) as service:
         _principal, key = await service.keys.create("unheard", ["pools:read"])
         async with service.client() as client:
-            assert await _status(client, key) == (404, "POOL_NOT_FOUND")  # cached, but only for 1 s
+            assert await _status(client, key) == (422, "UNKNOWN_PROGRAM")  # cached, but only for 1 s
             revoking = time.monotonic()
             assert await service.keys.revoke("unheard")  # nobody hears it
             last_accepted = revoking
@@ -141,7 +141,7 @@ async def test_without_its_listener_a_process_still_refuses_a_revoked_key_within
                 answer = await _status(client, key)
                 if answer == (401, "INVALID_API_KEY"):
                     break
-                assert answer == (404, "POOL_NOT_FOUND"), answer
+                assert answer == (422, "UNKNOWN_PROGRAM"), answer
                 last_accepted = sent
                 assert sent - revoking < 2.0, "still accepted after 2 s"
                 await asyncio.sleep(0.01)

@@ -309,7 +309,7 @@ def test_the_upgrade_counts_what_was_alerted_before_as_delivered_on_every_channe
     migrate.upgrade(unmigrated_url, target=DELIVERIES_MIGRATION - 1)
     with psycopg.connect(unmigrated_url, autocommit=True) as conn:
         conn.execute("INSERT INTO pool_alert_state (pool, status) VALUES ('p1', 'LOW'), ('p2', 'OK')")
-    assert [m.version for m in migrate.upgrade(unmigrated_url)][-1] == DELIVERIES_MIGRATION
+    assert next(m.version for m in migrate.upgrade(unmigrated_url)) == DELIVERIES_MIGRATION
     with psycopg.connect(unmigrated_url) as conn:
         rows = conn.execute("SELECT pool, channel, status, sending FROM pool_alert_deliveries"
                             " ORDER BY pool, channel").fetchall()

@@ -33,7 +33,7 @@ import httpx
 from rich.console import Console
 
 from tokenpool import bootstrap
-from tokenpool.db.embedded import stop_embedded
+from tokenpool.db.embedded import EmbeddedPostgresMissing, stop_embedded
 from tokenpool.service.auth import SCOPES
 from tokenpool.settings import Settings
 
@@ -331,6 +331,8 @@ def _run_locked(settings: Settings, home: Path, host: str, ports: Ports, console
     except KeyboardInterrupt:
         console.print("\nstopping ...")
         return 0
+    except EmbeddedPostgresMissing:
+        raise  # the CLI's one line (tokenpool.entrypoints.cli.main), exit 2
     except (RuntimeError, TimeoutError) as exc:
         console.print(f"[red]could not start: {exc}[/] (logs: {logs})", soft_wrap=True)
         return 1
