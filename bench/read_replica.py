@@ -59,7 +59,7 @@ def _commits(url: str) -> int:
     return int(row[0]) if row else 0
 
 
-def _prepare(pair: StandbyPair, folder: Path) -> tuple[str, str]:
+def _prepare(pair: StandbyPair) -> tuple[str, str]:
     """The database and its app role on the primary; (owner URL, app URL)."""
     with psycopg.connect(pair.primary_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{DATABASE}"')
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(tempfile.mkdtemp(prefix="tokenpool-bench-read-replica-"))
     try:
         with standby_pair() as pair:
-            owner_url, app_url = _prepare(pair, folder)
+            owner_url, app_url = _prepare(pair)
             read_url = pair.on_standby(app_url)
             stack = Stack(folder / "home", [f"TOKENPOOL_DATABASE_URL={app_url}",
                                             f"TOKENPOOL_DATABASE_ADMIN_URL={owner_url}",
