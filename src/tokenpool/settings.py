@@ -28,6 +28,19 @@ class Settings(BaseSettings):
         default=None,
         description="PostgreSQL URL of the owner role (migrations, grants, `db prune`); unset = database_url.",
     )
+    database_read_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL URL of the app role on a streaming standby: detokenize reads there first (refs it "
+        "lacks, e.g. by replication lag, then on database_url; audit rows always go to database_url); unset = "
+        "database_url only.",
+    )
+    database_read_timeout_s: float = Field(
+        default=0.5, gt=0, description="Bound on one detokenize lookup on database_read_url; beyond it: the primary."
+    )
+    database_read_retry_s: float = Field(
+        default=5.0, ge=0,
+        description="After a failed lookup on database_read_url, detokenize reads the primary alone this long.",
+    )
     database_url_secret_arn: str | None = Field(
         default=None,
         description="Secrets Manager secret holding database_url as plain text, read once at start (the refill "

@@ -43,6 +43,8 @@ def test_the_label_values_initialised_are_the_ones_the_code_counts_with():
     reservations = _literals(pool_store_module, r'POOL_RESERVATIONS\.labels\(\w+, "(\w+)"\)')
     assert set(metrics.POOL_RESERVATION_OUTCOMES) == reservations
     assert set(metrics.DETOKENIZE_SOURCES) == _literals(detokenize_module, r'DETOKENIZED_REFS\.labels\("(\w+)"\)')
+    assert set(metrics.DETOKENIZE_READ_OUTCOMES) == _literals(detokenize_module,
+                                                               r'DETOKENIZE_READS\.labels\("(\w+)"\)')
 
 
 def _value(name: str, **labels: str) -> float | None:

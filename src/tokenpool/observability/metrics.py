@@ -90,6 +90,16 @@ DETOKENIZED_REFS = Counter(
     "tokenpool_detokenized_refs_total", "Detokenized references by where the answer came from (db, tome, none).",
     ["source"],
 )
+DETOKENIZE_READS = Counter(
+    "tokenpool_detokenize_reads_total",
+    "Detokenize lookups with a read URL (standby) configured, by outcome: standby (it answered), failed (it "
+    "failed: the primary answered), skipped (resting after a failure: the primary answered).",
+    ["outcome"],
+)
+DETOKENIZE_READ_MISSES = Counter(
+    "tokenpool_detokenize_read_misses_total",
+    "Refs the standby did not know, looked up on the primary before TOME (replication lag, or refs only TOME knows).",
+)
 TOME_CALLS_AVOIDED = Counter(
     "tokenpool_tome_calls_avoided_total", "TOME calls the pool or the database made unnecessary.", ["operation"]
 )
@@ -175,6 +185,7 @@ def forget_pools(pools: Iterable[str]) -> None:
 POOL_RESERVATION_OUTCOMES = ("reserved", "exhausted", "over_cap")
 POOL_COMMIT_OUTCOMES = ("committed", "replayed", "conflict", "lease_expired")
 DETOKENIZE_SOURCES = ("db", "tome", "none")
+DETOKENIZE_READ_OUTCOMES = ("standby", "failed", "skipped")
 TOME_OPERATIONS = ("issue", "tokenize", "detokenize")
 TOME_OUTCOMES = ("ok", "bad_request", "rate_limited", "server_error", "timeout", "connection_error", "bad_response",
                  "cancelled", "breaker_open")
@@ -226,6 +237,8 @@ def initialise_metrics(
             POOL_COMMITS.labels(outcome)
         for source in DETOKENIZE_SOURCES:
             DETOKENIZED_REFS.labels(source)
+        for outcome in DETOKENIZE_READ_OUTCOMES:
+            DETOKENIZE_READS.labels(outcome)
         for operation in TOME_OPERATIONS:
             TOME_CALLS_AVOIDED.labels(operation)
     for route, method in http_routes:

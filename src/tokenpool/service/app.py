@@ -67,11 +67,15 @@ def create_app(settings: Settings, *, database_url: str, tome_factory: TomeFacto
         initialise_metrics(pools=[settings.default_pool], cards=True, http_routes=_route_methods(app))
         db = await Database.open(database_url, settings, name="tokenpool-service",
                                  bound_s=settings.service_db_timeout_s)
+        read_db: Database | None = None
         try:
+            if settings.database_read_url is not None:  # a standby for detokenize's reads (service/detokenize.py)
+                read_db = await Database.open(settings.database_read_url.get_secret_value(), settings,
+                                              name="tokenpool-service-read", bound_s=settings.database_read_timeout_s)
             provider = key_provider or key_provider_from_settings(settings)
             vault = Vault.unloaded(VaultStore(db, provider), refresh_s=settings.vault_refresh_s)
             async with tome_factory() as tome, emf_reporting(settings, SERVICE_FIGURES, process="api"):
-                components = build_components(settings, db, vault, tome)
+                components = build_components(settings, db, vault, tome, read_db=read_db)
                 # Revocations reach this process's key cache through LISTEN/NOTIFY (service/auth.py).
                 listener = KeyChangeListener(database_url, settings, components.api_keys.forget,
                                              heartbeat_s=settings.service_api_key_fallback_ttl_s / 4)
@@ -86,6 +90,8 @@ def create_app(settings: Settings, *, database_url: str, tome_factory: TomeFacto
                     await components.api_keys.close()
                     await components.rate_limits.close()
         finally:
+            if read_db is not None:
+                await read_db.close()
             await db.close()
 
     # /docs (Swagger UI) and /redoc load their scripts and styles from this app (/docs/assets, files of the

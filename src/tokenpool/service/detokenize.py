@@ -12,26 +12,43 @@ when the database knew none of them is the answer a 503, since it would hold no 
 
 Every request writes an audit row (refs as keyed digests) before the answer is returned: no
 detokenization without its audit record.
+
+Read scaling (``TOKENPOOL_DATABASE_READ_URL``, the app role on a streaming standby): the lookup runs there
+first, and the refs it lacks (a card created a moment ago that replication has not brought yet, or refs only
+TOME knows) are looked up on the primary before TOME is asked. Learned pairs and the audit row are written
+to the primary as without a standby. The standby never breaks a request: a lookup there is bounded by
+``database_read_timeout_s``; if it fails (down, unreachable, too slow, a recovery conflict) the primary
+answers, the failure is logged and counted (``tokenpool_detokenize_reads_total{outcome="failed"}``), and for
+``database_read_retry_s`` the primary alone answers (``outcome="skipped"``), so an outage costs one bounded
+wait per retry period, not one per request.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, replace
 from typing import Literal
 
 from tokenpool.cards.errors import TemporarilyUnavailable
 from tokenpool.db.audit_store import AuditEntry, AuditStore
 from tokenpool.db.database import Database
-from tokenpool.db.errors import DatabaseUnavailable
+from tokenpool.db.errors import DatabaseError, DatabaseUnavailable
 from tokenpool.db.token_lookup_store import TokenLookupStore
 from tokenpool.db.vault_store import Vault
 from tokenpool.observability.logging import get_logger
-from tokenpool.observability.metrics import DETOKENIZED_REFS, TOME_CALLS_AVOIDED
+from tokenpool.observability.metrics import (
+    DETOKENIZE_READ_MISSES,
+    DETOKENIZE_READS,
+    DETOKENIZED_REFS,
+    TOME_CALLS_AVOIDED,
+)
 from tokenpool.programs import ProgramCatalog
 from tokenpool.service.auth import Principal
 from tokenpool.service.tome_port import TomePort
 from tokenpool.settings import Settings
 from tokenpool.tome.contract import TomeError
+from tokenpool.vault import VaultError
 
 log = get_logger("tokenpool.service.detokenize")
 
@@ -53,8 +70,11 @@ class DetokenizeOutcome:
 
 class DetokenizeService:
     def __init__(self, db: Database, lookups: TokenLookupStore, audit: AuditStore, vault: Vault, tome: TomePort,
-                 settings: Settings, programs: ProgramCatalog) -> None:
+                 settings: Settings, programs: ProgramCatalog, *, replica: Database | None = None) -> None:
+        """``replica``: the pool on ``database_read_url`` (a standby), or None: the primary answers alone."""
         self._db = db
+        self._replica = replica
+        self._replica_rests_until = -math.inf  # time.monotonic(): after a failure, the primary alone until then
         self._lookups = lookups
         self._audit = audit
         self._vault = vault
@@ -89,8 +109,7 @@ class DetokenizeService:
         if not self._vault.loaded:
             async with self._db.guard():
                 await self._vault.ready()  # before taking a connection: loading the keys takes one too
-        async with self._db.connection() as conn:
-            local = await self._lookups.lookup(conn, unique)
+        local = await self._lookup(unique)
         known: dict[str, tuple[str, Source]] = {ref: (token, "db") for ref, token in local.items()}
 
         misses = [ref for ref in unique if ref not in known]
@@ -136,6 +155,35 @@ class DetokenizeService:
         DETOKENIZED_REFS.labels("none").inc(len(unique) - len(known))
         log.info("detokenize.done", refs=len(refs), from_db=from_db, from_tome=len(learned), complete=tome_ok)
         return DetokenizeOutcome(results, complete=tome_ok)
+
+    async def _lookup(self, refs: list[str]) -> dict[str, str]:
+        """The database's pairs of ``refs``: on the standby first when there is one, then on the primary for
+        what it lacks (or for all of them, if the standby failed or rests after a failure)."""
+        if self._replica is None:
+            return await self._lookup_on(self._db, refs)
+        if time.monotonic() < self._replica_rests_until:
+            DETOKENIZE_READS.labels("skipped").inc()
+            return await self._lookup_on(self._db, refs)
+        try:
+            found = await self._lookup_on(self._replica, refs, self._settings.database_read_timeout_s)
+        except (DatabaseError, VaultError) as error:
+            # VaultError too: a token re-sealed on the primary under a newer key may still be on the standby
+            # under a key since retired; the primary's copy decides (and raises if it is unreadable too).
+            self._replica_rests_until = time.monotonic() + self._settings.database_read_retry_s
+            DETOKENIZE_READS.labels("failed").inc()
+            log.warning("detokenize.read_url_failed", error_type=type(error).__name__, error=str(error)[:200],
+                        primary_alone_s=self._settings.database_read_retry_s)
+            return await self._lookup_on(self._db, refs)
+        DETOKENIZE_READS.labels("standby").inc()
+        lacking = [ref for ref in refs if ref not in found]
+        if lacking:
+            DETOKENIZE_READ_MISSES.inc(len(lacking))
+            found.update(await self._lookup_on(self._db, lacking))
+        return found
+
+    async def _lookup_on(self, db: Database, refs: list[str], timeout_s: float | None = None) -> dict[str, str]:
+        async with db.connection(timeout_s) as conn:
+            return await self._lookups.lookup(conn, refs)
 
     async def _audit_best_effort(self, entry: AuditEntry) -> None:
         try:

@@ -48,7 +48,9 @@ class Components:
     client_addresses: ClientAddresses
 
 
-def build_components(settings: Settings, db: Database, vault: Vault, tome: TomePort) -> Components:
+def build_components(settings: Settings, db: Database, vault: Vault, tome: TomePort, *,
+                     read_db: Database | None = None) -> Components:
+    """``read_db``: the pool on ``database_read_url`` (a standby) that detokenize reads first, or None."""
     store = PostgresTokenPool(db, vault)
     journal = JournalStore(db, store, vault)
     pairs = TomePairs(tome, journal, settings.tome_ns1, settings.tome_ns2)  # each request: its program's (on)
@@ -75,7 +77,8 @@ def build_components(settings: Settings, db: Database, vault: Vault, tome: TomeP
         rate_limits=RateLimits.from_settings(settings),
         runtime_config=runtime_config,
         cards=CardService(db, store, CardStore(vault), pairs, vault, runtime_config, settings, programs),
-        detokenize=DetokenizeService(db, TokenLookupStore(vault), audit, vault, tome, settings, programs),
+        detokenize=DetokenizeService(db, TokenLookupStore(vault), audit, vault, tome, settings, programs,
+                                     replica=read_db),
         reservations=ReservationService(db, store, pairs, settings, programs),
         token_reads=TokenReadAudit(db, audit, vault.hexdigest),
         client_addresses=ClientAddresses(parse_trusted_proxies(settings.trusted_proxies)),
