@@ -55,6 +55,21 @@ async def test_the_fence_quarantines_every_free_and_reserved_pair_once(store: Po
     assert (await store.exact_stats("default")).count(PairStatus.AVAILABLE) == 2
 
 
+def test_the_fence_closes_unfinished_refill_batches_so_their_tokens_are_never_loaded(admin_database_url: str):
+    # At the backup point a batch was issued, not loaded yet; after it, it may have been loaded and handed out.
+    batch = uuid.uuid4()
+    run(admin_database_url, "INSERT INTO refill_batches (batch_id, pool, count, run_id, state, issued_at) "
+        "VALUES (%s, 'default', 1, gen_random_uuid(), 'issued', now())", batch)
+    run(admin_database_url, "INSERT INTO refill_pending_tokens (batch_id, position, token_ct, key_version) "
+        "VALUES (%s, 0, 'x'::bytea, 1)", batch)
+
+    assert fence(admin_database_url).refill_batches == 1
+
+    closed = run(admin_database_url, "SELECT state, added FROM refill_batches WHERE batch_id = %s", batch)
+    assert closed == [("done", 0)]
+    assert run(admin_database_url, "SELECT count(*) FROM refill_pending_tokens") == [(0,)]
+
+
 def test_the_app_role_cannot_quarantine_nor_mark_pairs(database_url: str, admin_database_url: str):
     run(admin_database_url, "INSERT INTO token_pool (pool, token_digest, token_ct, key_version, external_ref, "
         "batch_id) VALUES ('default', sha256('t'::bytea), 'x'::bytea, 1, 'ref', gen_random_uuid())")
