@@ -5,6 +5,7 @@ Every entry point (CLI, API, worker, Lambda) starts here, so each stays a few li
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,13 +14,14 @@ from typing import TYPE_CHECKING
 
 from tokenpool.aws.secrets import read_database_url
 from tokenpool.db import migrate, roles
-from tokenpool.db.database import Database
+from tokenpool.db.database import Database, connection_kwargs
 from tokenpool.db.embedded import APP_ROLE, embedded_available, start_embedded
 from tokenpool.db.journal_store import JournalStore
 from tokenpool.db.lease_store import LeaseStore
 from tokenpool.db.monitoring_store import MonitoringStore
 from tokenpool.db.pool_store import PostgresTokenPool
 from tokenpool.db.program_store import ProgramStore, ensure_program
+from tokenpool.db.restore_fence import advance_restore_epoch as _advance_restore_epoch
 from tokenpool.db.vault_store import Vault, VaultStore, ensure_keys, load_keyring_sync
 from tokenpool.observability.logging import get_logger
 from tokenpool.refill.job import RefillDeps
@@ -103,6 +105,17 @@ def upgrade_database(settings: Settings) -> list[migrate.Migration]:
     return applied
 
 
+def advance_restore_epoch(settings: Settings, url: str | None = None) -> int | None:
+    """The restore check every process runs at its start (the service and the worker also periodically):
+    advances the restore epoch in the database and in ``TOKENPOOL_RESTORE_EPOCH_FILE``; None when that is
+    unset (detection off). Raises db.restore_fence.RestoreFenceRequired on a database restored from a backup
+    and not fenced yet (`tokenpool db after-restore`)."""
+    if settings.restore_epoch_file is None:
+        return None
+    kwargs = connection_kwargs(settings, "tokenpool-restore-epoch")
+    return _advance_restore_epoch(url or database_url(settings), settings.restore_epoch_file, kwargs)
+
+
 @dataclass(frozen=True, slots=True)
 class Backend:
     """The database and everything built on it that the CLI, the refill and the worker use."""
@@ -165,8 +178,14 @@ def create_service_app(settings: Settings) -> FastAPI:
                   effect="/readyz and every route but /healthz answer 503 NOT_CONFIGURED (docs/deploy.md)")
         return create_unconfigured_app(missing)
     from tokenpool.service.app import create_app  # deferred: see TYPE_CHECKING above
+    from tokenpool.service.restore_guard import RestoreGuard
 
-    return create_app(settings, database_url=database_url(settings), tome_factory=lambda: TomeClient(settings))
+    url = database_url(settings)
+    guard = None
+    if settings.restore_epoch_file is not None:  # opt-in restore detection (docs/runbook.md)
+        guard = RestoreGuard(lambda: advance_restore_epoch(settings, url) or 0, settings.restore_epoch_interval_s,
+                             settings.service_retry_after_s)
+    return create_app(settings, database_url=url, tome_factory=lambda: TomeClient(settings), restore_guard=guard)
 
 
 def missing_service_settings(settings: Settings) -> list[MissingSetting]:
@@ -196,6 +215,8 @@ async def open_refill(settings: Settings, *, max_size: int = 6) -> AsyncIterator
     """Database + TOME client, for the refill CLI and the worker."""
     if not settings.tome_url:
         raise ValueError("TOKENPOOL_TOME_URL is not set: the refill job needs TOME (or its emulator)")
+    # A restored database unfenced: its journal may hold batches loaded and handed out after the backup point.
+    await asyncio.to_thread(advance_restore_epoch, settings)
     async with open_database(settings, max_size=max_size) as backend, TomeClient(settings) as client:
         yield refill_deps(settings, backend, client)
 
@@ -210,6 +231,7 @@ async def open_refill_for_lambda(settings: Settings) -> tuple[RefillDeps, TomeCl
     if not settings.tome_url:
         raise ValueError("TOKENPOOL_TOME_URL is not set: the refill job needs TOME")
     url = database_url(settings)
+    await asyncio.to_thread(advance_restore_epoch, settings, url)  # and each invocation (lambda_refill.py)
     db = await Database.open(url, settings, wait=True, min_size=1, max_size=3, check_on_checkout=True,
                              name="tokenpool-lambda")
     client = TomeClient(settings)

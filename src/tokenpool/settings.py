@@ -174,6 +174,13 @@ class Settings(BaseSettings):
     worker_stop_grace_s: float = Field(
         default=20.0, gt=0, description="On SIGTERM, time for the batches in flight to finish."
     )
+    restore_epoch_file: Path | None = Field(
+        default=None, description="Opt-in restore detection: a file outside the database holding the restore "
+        "epoch (docs/runbook.md, Restore from a backup); every process of one database must share it."
+    )
+    restore_epoch_interval_s: float = Field(
+        default=30.0, gt=0, description="How often the service and the worker advance the restore epoch."
+    )
     emf_namespace: str = Field(default="tokenpool", description="CloudWatch namespace of the EMF metrics.")
     emf_interval_s: float = Field(
         default=0.0, ge=0,

@@ -72,4 +72,9 @@ GRANT SELECT, INSERT, DELETE ON pool_level_samples TO {app};
 GRANT SELECT, INSERT, UPDATE ON pool_alert_state TO {app};
 GRANT SELECT, INSERT, UPDATE ON pool_alert_deliveries TO {app};
 
--- schema_migrations: nothing (the owner's business).
+-- The restore epoch (migration 0013): read, and moved forward only through the owner's function, which
+-- never moves a restored database's epoch past the one kept outside it (only `db after-restore` does).
+GRANT SELECT ON restore_epoch TO {app};
+GRANT EXECUTE ON FUNCTION tokenpool_advance_restore_epoch(bigint) TO {app};
+
+-- schema_migrations, restore_fences: nothing (the owner's business: `db upgrade`, `db after-restore`).

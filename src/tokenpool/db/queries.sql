@@ -846,3 +846,58 @@ SET token_ct = u.new_ct, key_version = %(key_version)s
 FROM unnest(%(batch_ids)b::uuid[], %(positions)b::int[], %(old_cts)b::bytea[], %(new_cts)b::bytea[])
      AS u(batch_id, position, old_ct, new_ct)
 WHERE t.batch_id = u.batch_id AND t.position = u.position AND t.token_ct = u.old_ct;
+
+-- restore_epoch_read --
+-- The restore epoch (migration 0013): one row.
+SELECT epoch FROM restore_epoch;
+
+-- restore_epoch_advance --
+-- One step forward, unless the database's epoch is older than the one kept outside it (a restore): NULL.
+SELECT tokenpool_advance_restore_epoch(%(known)s);
+
+-- restore_fence_lock --
+-- The fence runs alone: no claim, commit, load or refill step between its reads and its writes.
+LOCK TABLE token_pool, refill_batches, restore_fences, restore_epoch IN SHARE ROW EXCLUSIVE MODE;
+
+-- restore_fence_latest_here --
+-- The fence recorded on this very server run (a restored database runs on a server started after the
+-- restore, so a fence recorded since that start is this restore's).
+SELECT id, fenced_at, fenced_by, available + reserved FROM restore_fences
+WHERE postmaster_started_at = pg_postmaster_start_time()
+ORDER BY id DESC LIMIT 1;
+
+-- restore_fence_system_identifier --
+-- Needs the right to read pg_control (a superuser, or a grant): NULL otherwise (read in a savepoint).
+SELECT (pg_control_system()).system_identifier::text, (pg_control_checkpoint()).timeline_id;
+
+-- restore_fence_set_epoch --
+UPDATE restore_epoch SET epoch = %(epoch)s WHERE epoch <= %(epoch)s RETURNING epoch;
+
+-- restore_fence_insert --
+INSERT INTO restore_fences (operator, available, reserved, refill_batches, system_identifier, timeline_id,
+                            postmaster_started_at, wal_lsn, epoch)
+VALUES (%(operator)s, 0, 0, 0, %(system_identifier)s, %(timeline_id)s, pg_postmaster_start_time(),
+        CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn() END, %(epoch)s)
+RETURNING id, fenced_at;
+
+-- restore_fence_quarantine --
+-- Every pair a card may have taken after the backup point: never handed out again (EXPIRED, marked with
+-- the fence; the status machine allows AVAILABLE -> EXPIRED only with a fence id, migration 0013).
+UPDATE token_pool SET status = 'EXPIRED', expired_at = now(), restore_fence_id = %(fence_id)s
+WHERE status = %(status)s;
+
+-- restore_fence_close_batches --
+-- Unfinished refill batches: their tokens may have been loaded and handed out after the backup point, so
+-- the refill must not load them again. Closed with nothing added; their journaled tokens deleted.
+WITH closed AS (
+    UPDATE refill_batches SET state = 'done', done_at = now(), added = 0
+    WHERE state <> 'done'
+    RETURNING batch_id
+), dropped AS (
+    DELETE FROM refill_pending_tokens WHERE batch_id IN (SELECT batch_id FROM closed)
+)
+SELECT count(*) FROM closed;
+
+-- restore_fence_record_counts --
+UPDATE restore_fences SET available = %(available)s, reserved = %(reserved)s, refill_batches = %(batches)s
+WHERE id = %(fence_id)s;

@@ -125,6 +125,45 @@ def db_status() -> None:
         raise typer.Exit(EXIT_MIGRATIONS_PENDING)
 
 
+@db_app.command("after-restore")
+def db_after_restore(
+    force: Annotated[bool, typer.Option("--force", help="Fence again even if this server run was fenced already.")]
+    = False,
+    as_json: JsonOption = False,
+) -> None:
+    """After restoring a backup, BEFORE starting the service, worker, refill or Lambda (as the owner role):
+    quarantine every AVAILABLE and RESERVED pair (cards may have taken them after the backup point: they
+    become EXPIRED, never handed out again), close the refill's unfinished batches, record the fence
+    (restore_fences) and set the restore epoch past TOKENPOOL_RESTORE_EPOCH_FILE's. Then `tokenpool refill`.
+
+    Run again on the same server run: reports the fence, changes nothing (--force fences again, quarantining
+    the pairs loaded since). Exit: 0 fenced or already fenced; 4 the database could not be reached."""
+    from tokenpool.db.restore_fence import fence
+
+    settings = get_settings()
+    try:
+        result = fence(bootstrap.admin_database_url(settings), settings.restore_epoch_file, force=force)
+    except DatabaseUnavailable as exc:
+        err_console.print(f"[red]error:[/] the database could not be reached: {exc}", highlight=False,
+                          soft_wrap=True)
+        raise typer.Exit(EXIT_DATABASE_UNREACHABLE) from None
+    if as_json:
+        typer.echo(json.dumps({"fence_id": result.fence_id, "fenced_at": result.fenced_at.isoformat(),
+                               "already_done": result.already_done, "quarantined": result.quarantined,
+                               "available": result.available, "reserved": result.reserved,
+                               "refill_batches": result.refill_batches, "epoch": result.epoch,
+                               "system_identifier": result.system_identifier, "timeline_id": result.timeline_id}))
+        return
+    if result.already_done:
+        console.print(f"restore fence already done: fence {result.fence_id} at {result.fenced_at:%Y-%m-%d %H:%M:%S%z}"
+                      f" quarantined {result.quarantined:,} pairs on this server run; nothing changed "
+                      "(--force to fence again)", highlight=False)
+        return
+    console.print(f"restore fence {result.fence_id}: quarantined {result.quarantined:,} pairs "
+                  f"({result.available:,} available, {result.reserved:,} reserved), closed {result.refill_batches:,} "
+                  "unfinished refill batches; now run `tokenpool refill`", highlight=False)
+
+
 @db_app.command("stop")
 def db_stop() -> None:
     """Stop the embedded PostgreSQL server under TOKENPOOL_HOME."""

@@ -39,6 +39,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_LEASE_HELD = 3
 EXIT_INTERRUPTED = 4
+EXIT_RESTORE_FENCE_REQUIRED = 5
 EXIT_HEALTH_UNKNOWN = 3
 
 console = Console()
@@ -68,18 +69,24 @@ def refill(
     """One refill run per program: finish journaled batches, then fill the pool up to the program's target (or
     add --count N). Without --pool: every registered program, one after the other.
 
-    Exit: 0 ok, 1 failed, 2 unknown program, 3 lease held by another run, 4 interrupted (safe to run again)."""
+    Exit: 0 ok, 1 failed, 2 unknown program, 3 lease held by another run, 4 interrupted (safe to run again),
+    5 the database was restored from a backup and is not fenced (`tokenpool db after-restore`)."""
     settings = get_settings()
     if count is not None and pool is None:
         err_console.print("[red]refused:[/] --count adds exactly N pairs to one program: name it with --pool",
                           highlight=False)
         raise typer.Exit(EXIT_USAGE)
     show_progress = sys.stdout.isatty() and not as_json
+    from tokenpool.db.restore_fence import RestoreFenceRequired
+
     try:
         results = asyncio.run(_refill(settings, pool, count, show_progress))
     except UnknownProgram as error:
         err_console.print(f"[red]refused:[/] {error.detail}", highlight=False)
         raise typer.Exit(EXIT_USAGE) from None
+    except RestoreFenceRequired as refused:
+        err_console.print(f"[red]refused:[/] {refused}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_RESTORE_FENCE_REQUIRED) from None
     if not results:
         err_console.print("no registered program: nothing to refill (tokenpool program add)", highlight=False)
     for result in results:
@@ -219,7 +226,8 @@ def worker(
     """Long-running: scheduled and low-watermark refills, health alerts, the lease janitor, Prometheus
     metrics. Stops cleanly on SIGTERM / Ctrl-C.
 
-    Exit: 0 after a clean stop, 2 the metrics port is taken (nothing started)."""
+    Exit: 0 after a clean stop, 2 the metrics port is taken (nothing started), 5 the database was restored
+    from a backup and is not fenced (`tokenpool db after-restore`)."""
     from tokenpool.entrypoints.worker import run_worker
 
     settings = get_settings()

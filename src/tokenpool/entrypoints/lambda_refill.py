@@ -85,6 +85,9 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
     loop = _event_loop()
     deps = loop.run_until_complete(_deps(settings))
+    # Each invocation: a database restored from a backup and not fenced raises RestoreFenceRequired (the
+    # invocation fails with its one line) before anything is loaded (docs/runbook.md, Restore from a backup).
+    bootstrap.advance_restore_epoch(settings)
     stop = asyncio.Event()
     remaining_ms = _remaining_ms(context)
     timer = None

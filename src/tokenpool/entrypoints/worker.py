@@ -11,6 +11,7 @@ from prometheus_client import start_http_server
 
 from tokenpool import bootstrap
 from tokenpool.aws.emf_reporter import WORKER_FIGURES, emf_reporting
+from tokenpool.db.restore_fence import RestoreFenceRequired
 from tokenpool.db.retention import retention_policy
 from tokenpool.monitoring.alerts import Alerter, alert_channels
 from tokenpool.observability.logging import get_logger
@@ -23,6 +24,7 @@ log = get_logger(__name__)
 
 EXIT_METRICS_PORT_UNAVAILABLE = 2
 EXIT_UNKNOWN_PROGRAM = 2
+EXIT_RESTORE_FENCE_REQUIRED = 5
 
 
 def run_worker(settings: Settings, pools: list[str] | None, metrics_port: int) -> int:
@@ -55,9 +57,11 @@ async def _serve(settings: Settings, pools: list[str] | None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, stop, sig)
     alerter = Alerter(settings)
+    fence_required: list[str] = []
     try:
         async with (emf_reporting(settings, WORKER_FIGURES, process="worker"),
                     bootstrap.open_refill(settings) as deps):
+            watch = asyncio.create_task(_watch_restore_epoch(settings, stop, fence_required), name="restore-epoch")
             registered = {program.name for program in await deps.programs.registered()}
             if unknown := [name for name in pools or [] if name not in registered]:
                 message = (f"not registered: {', '.join(repr(name) for name in unknown)} "
@@ -78,9 +82,33 @@ async def _serve(settings: Settings, pools: list[str] | None) -> int:
             with contextlib.suppress(asyncio.CancelledError):
                 await running
             stopping.cancel()
+            watch.cancel()
+    except RestoreFenceRequired as refused:  # at start (bootstrap.open_refill)
+        fence_required.append(str(refused))
     finally:
         await alerter.aclose()
+    if fence_required:
+        log.error("worker.restore_fence_required", reason=fence_required[0])
+        print(f"refused: {fence_required[0]}", file=sys.stderr)  # the one line an operator reads
+        return EXIT_RESTORE_FENCE_REQUIRED
     return 0
+
+
+async def _watch_restore_epoch(settings: Settings, stop: asyncio.Event, fence_required: list[str]) -> None:
+    """Advances the restore epoch every TOKENPOOL_RESTORE_EPOCH_INTERVAL_S (when detection is on); a database
+    restored under the running worker stops it (it would finish journaled batches of the restored point)."""
+    if settings.restore_epoch_file is None:
+        return
+    while not stop.is_set():
+        await asyncio.sleep(settings.restore_epoch_interval_s)
+        try:
+            await asyncio.to_thread(bootstrap.advance_restore_epoch, settings)
+        except RestoreFenceRequired as refused:
+            fence_required.append(str(refused))
+            stop.set()
+            return
+        except Exception as error:  # database unreachable: checked again next time
+            log.warning("worker.restore_epoch_unchecked", error_type=type(error).__name__)
 
 
 def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:

@@ -35,6 +35,7 @@ from tokenpool.pool.errors import (
 from tokenpool.programs import ProgramError, UnknownProgram
 from tokenpool.service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from tokenpool.service.problems import PROBLEM_SCHEMA, install_problem_handlers, problem_response
+from tokenpool.service.restore_guard import RestoreGuard, RestoreGuardMiddleware, running
 from tokenpool.service.routes import cards, detokenize, operations, reservations
 from tokenpool.service.schemas import CreateCardRequest
 from tokenpool.service.state import build_components
@@ -59,7 +60,7 @@ _STATUS: dict[type[Exception], int] = {
 
 
 def create_app(settings: Settings, *, database_url: str, tome_factory: TomeFactory,
-               key_provider: KeyProvider | None = None) -> FastAPI:
+               key_provider: KeyProvider | None = None, restore_guard: RestoreGuard | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # At 0 before the first request: a first 500 or fallback is then an increase. The pools the database
@@ -74,7 +75,8 @@ def create_app(settings: Settings, *, database_url: str, tome_factory: TomeFacto
                                               name="tokenpool-service-read", bound_s=settings.database_read_timeout_s)
             provider = key_provider or key_provider_from_settings(settings)
             vault = Vault.unloaded(VaultStore(db, provider), refresh_s=settings.vault_refresh_s)
-            async with tome_factory() as tome, emf_reporting(settings, SERVICE_FIGURES, process="api"):
+            async with (tome_factory() as tome, emf_reporting(settings, SERVICE_FIGURES, process="api"),
+                        running(restore_guard)):
                 components = build_components(settings, db, vault, tome, read_db=read_db)
                 # Revocations reach this process's key cache through LISTEN/NOTIFY (service/auth.py).
                 listener = KeyChangeListener(database_url, settings, components.api_keys.forget,
@@ -140,6 +142,8 @@ def create_app(settings: Settings, *, database_url: str, tome_factory: TomeFacto
     for kind in (PoolError, CardError, DatabaseError, ProgramError):
         app.add_exception_handler(kind, on_domain_error)
     app.add_exception_handler(VaultError, on_vault_error)
+    if restore_guard is not None:  # a restored database unfenced: 503 before any route runs
+        app.add_middleware(RestoreGuardMiddleware, guard=restore_guard)
     # Added last = outermost: the correlation id is set before the body limit can answer.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.service_max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
