@@ -89,8 +89,11 @@ class DetokenizeService:
         if not self._vault.loaded:
             async with self._db.guard():
                 await self._vault.ready()  # before taking a connection: loading the keys takes one too
-        async with self._db.connection() as conn:
-            local = await self._lookups.lookup(conn, unique)
+        async def read() -> dict[str, str]:
+            async with self._db.connection() as conn:
+                return await self._lookups.lookup(conn, unique)
+
+        local = await self._db.run_retrying(read, idempotent=True, name="detokenize")  # a read: always safe
         known: dict[str, tuple[str, Source]] = {ref: (token, "db") for ref, token in local.items()}
 
         misses = [ref for ref in unique if ref not in known]
