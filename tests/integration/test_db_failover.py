@@ -127,3 +127,46 @@ async def test_a_card_statement_cut_off_mid_flight_is_retried_only_under_an_idem
             again = await client.post("/v1/cards", json={"program": POOL, "customer_ref": "d"},
                                       headers=await api.headers("cards:write"))
         assert again.status_code == 201, again.text
+
+
+async def test_connections_to_a_read_only_server_are_replaced_and_never_answer_500(database_url, pg_server_url, tome):
+    """A demoted primary: its sessions are read-only (``25006`` on a write). Stood in for by
+    ``default_transaction_read_only`` on the test database and its sessions ended, so the pool's new ones
+    are read-only, until the setting is reset (the "new primary" is the same server)."""
+    name = conninfo_to_dict(database_url)["dbname"]
+    async with running_api(database_url, tome, service_db_timeout_s=3.0) as api:
+        await api.seed(5)
+        headers = await api.headers("cards:write")
+        body = {"program": POOL, "customer_ref": "c"}
+        async with api.client() as client:
+            assert (await client.post("/v1/cards", json=body, headers=headers)).status_code == 201
+            with psycopg.connect(pg_server_url, autocommit=True) as admin:
+                admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                              "AND pid <> pg_backend_pid()", (name,))
+                read_only_before = DB_RETRIES.labels("card", "read_only")._value.get()
+                try:
+                    # The first request may meet a terminated connection instead (57P01: ambiguous, no key: 503);
+                    # the pool then reconnects, to a read-only server.
+                    for _ in range(10):
+                        started = time.monotonic()
+                        refused = await client.post("/v1/cards", json=body, headers=headers)
+                        assert time.monotonic() - started < 3.0 + 0.5  # within the request's bound, retries included
+                        assert refused.status_code == 503, refused.text
+                        assert refused.json()["code"] == "DATABASE_UNAVAILABLE"
+                        if DB_RETRIES.labels("card", "read_only")._value.get() > read_only_before:
+                            break
+                    assert DB_RETRIES.labels("card", "read_only")._value.get() > read_only_before
+                finally:
+                    admin.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+            statuses = []
+            deadline = time.monotonic() + 15.0
+            while time.monotonic() < deadline:
+                response = await client.post("/v1/cards", json=body, headers=headers)
+                statuses.append(response.status_code)
+                if response.status_code == 201:
+                    break
+                await asyncio.sleep(0.2)
+        assert statuses[-1] == 201, statuses
+        assert set(statuses) <= {201, 503}, statuses
+        assert api.sql("SELECT count(*) FROM cards") == [(2,)]

@@ -15,7 +15,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from tokenpool.db.database import Database
 from tokenpool.db.errors import DatabaseBusy, DatabaseUnavailable, UniqueViolation
-from tokenpool.db.hosts import primary_url
+from tokenpool.db.hosts import host_count, primary_url
 from tokenpool.db.retry import Outcome, RetryPolicy, classify, may_retry, run_retrying
 from tokenpool.observability.metrics import DB_RETRIES
 
@@ -192,6 +192,7 @@ def test_backoff_is_jittered_and_capped() -> None:
     ],
 )
 def test_a_multi_host_url_asks_for_the_primary_unless_it_says_otherwise(url: str, extra: dict[str, str]) -> None:
+    assert host_count(url) == (2 if extra or "h1,h2" in url or "a,b" in url else 1)
     written = primary_url(url)
     assert written == url if not extra else conninfo_to_dict(written) == conninfo_to_dict(url) | extra
 

@@ -31,7 +31,7 @@ from tokenpool.db.errors import (
     InvalidValue,
     UniqueViolation,
 )
-from tokenpool.db.hosts import primary_url
+from tokenpool.db.hosts import host_count, primary_url
 from tokenpool.db.queries import sql
 from tokenpool.db.retry import RetryPolicy, run_retrying
 from tokenpool.db.types import Conn
@@ -139,14 +139,17 @@ class Database:
             open=False,
             name=name,
         )
+        wait_s = settings.db_connect_timeout_s * host_count(url)
         try:
             if wait:
-                await connections.open(wait=True, timeout=settings.db_connect_timeout_s)
+                # Each host of a multi-host URL may take the whole connect timeout (a failed primary that
+                # drops packets) before the next is tried: wait for all of them.
+                await connections.open(wait=True, timeout=wait_s)
             else:
                 await connections.open(wait=False)
         except PoolTimeout as error:
             await connections.close()
-            raise DatabaseUnavailable(f"could not connect within {settings.db_connect_timeout_s} s") from error
+            raise DatabaseUnavailable(f"could not connect within {wait_s} s") from error
         return cls(connections, bound_s, settings.db_retry_budget_s)
 
     async def close(self) -> None:

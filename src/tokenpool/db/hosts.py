@@ -20,3 +20,12 @@ def primary_url(url: str) -> str:
     if "," in str(params.get("host") or params.get("hostaddr") or "") and "target_session_attrs" not in params:
         return make_conninfo(url, target_session_attrs="read-write")
     return url
+
+
+def host_count(url: str) -> int:
+    """How many hosts libpq may try for ``url`` (each within ``connect_timeout``, one after the other)."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return 1
+    return max(1, len(str(params.get("host") or params.get("hostaddr") or "").split(",")))
