@@ -13,11 +13,15 @@ import time
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pydantic import SecretStr
 
 from tests.fixtures.tome import free_port
 from tests.integration.api_harness import POOL, running_api
+from tests.integration.refill_support import refill_deps, refill_settings
 from tokenpool.db.database import Database
 from tokenpool.observability.metrics import DB_RETRIES
+from tokenpool.refill.job import refill_pool
+from tokenpool.refill.model import Outcome
 from tokenpool.settings import Settings
 
 
@@ -42,6 +46,14 @@ async def test_database_open_skips_a_dead_first_host(database_url: str, settings
         assert row == (conninfo_to_dict(database_url)["dbname"], False)
     finally:
         await db.close()
+
+
+async def test_the_refill_runs_through_a_url_whose_first_host_is_dead(settings: Settings, database_url: str, tome):
+    config = refill_settings(settings, tome, refill_target=15).model_copy(
+        update={"database_url": SecretStr(dead_host_first(database_url, as_url=True))})
+    async with refill_deps(config) as deps:
+        result = await refill_pool(deps, POOL)
+    assert (result.outcome, result.added) == (Outcome.SUCCEEDED, 15), result.error
 
 
 async def test_the_service_creates_a_card_through_a_url_whose_first_host_is_dead(database_url, tome):
