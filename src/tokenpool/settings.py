@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     db_acquire_timeout_s: float = Field(default=2.0, gt=0, description="Wait for a pooled connection.")
     db_statement_timeout_ms: int = Field(default=5_000, gt=0)
     db_idle_in_transaction_timeout_ms: int = Field(default=10_000, gt=0)
+    db_retry_budget_s: float = Field(
+        default=2.0, ge=0,
+        description="A transaction that failed retryably (failover, deadlock, serialization failure) is run again "
+        "only within this long of its first attempt (0: never); below service_db_timeout_s. Then: 503.",
+    )
 
     # --- The pool -----------------------------------------------------------------------------------
     default_pool: str = Field(

@@ -28,6 +28,7 @@ from typing import Any
 import psycopg
 
 from tokenpool.db.database import connection_kwargs
+from tokenpool.db.hosts import primary_url
 from tokenpool.db.queries import sql
 from tokenpool.observability.logging import get_logger
 from tokenpool.observability.metrics import API_KEY_LISTENER_DOWN, API_KEY_LISTENER_RECONNECTS
@@ -93,7 +94,7 @@ class KeyChangeListener:
 
     async def _listen(self) -> None:
         kwargs: dict[str, Any] = connection_kwargs(self._settings, application_name=APPLICATION_NAME)
-        conn = await psycopg.AsyncConnection.connect(self._url, **kwargs)
+        conn = await psycopg.AsyncConnection.connect(primary_url(self._url), **kwargs)
         async with conn:
             await conn.execute(sql("api_keys_listen"))
             # Whatever changed while nobody listened was not announced to this process: forget it all.

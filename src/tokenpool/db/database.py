@@ -11,11 +11,12 @@ block in time and turns psycopg's exceptions into :mod:`tokenpool.db.errors`.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -30,7 +31,9 @@ from tokenpool.db.errors import (
     InvalidValue,
     UniqueViolation,
 )
+from tokenpool.db.hosts import host_count, primary_url
 from tokenpool.db.queries import sql
+from tokenpool.db.retry import RetryPolicy, run_retrying
 from tokenpool.db.types import Conn
 from tokenpool.observability.logging import get_logger
 from tokenpool.settings import Settings
@@ -45,6 +48,16 @@ _CONTENTION = frozenset({"57014", "40P01", "40001", "55P03"})
 RECONNECT_TIMEOUT_S = 10.0
 
 log = get_logger("tokenpool.db")
+
+T = TypeVar("T")
+
+# The end (time.monotonic()) of the current run_retrying: every attempt's guarded blocks end by then, so the
+# retries of one request fit in its one bound (TOKENPOOL_SERVICE_DB_TIMEOUT_S), never more.
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("tokenpool_db_deadline", default=None)
+
+# read_only_sql_transaction: a write reached a server in recovery (a demoted primary, or a standby that a
+# multi-host URL without target_session_attrs=read-write accepted). Every pooled connection is suspect.
+_READ_ONLY = "25006"
 
 
 def connection_kwargs(settings: Settings, application_name: str = "tokenpool") -> dict[str, object]:
@@ -97,10 +110,13 @@ class CountingPool(AsyncConnectionPool[Conn]):
 class Database:
     """A connection pool with time bounds; ``connections`` is the psycopg pool itself (for stores)."""
 
-    def __init__(self, connections: CountingPool, timeout_s: float | None) -> None:
+    def __init__(self, connections: CountingPool, timeout_s: float | None, retry_budget_s: float = 0.0) -> None:
         self.connections = connections
         self._timeout_s = timeout_s
+        self._retry = RetryPolicy(retry_budget_s)
         self._check: asyncio.Task[None] | None = None
+        self._drain: asyncio.Task[None] | None = None
+        self._drained_at = -math.inf
 
     @classmethod
     async def open(
@@ -113,7 +129,7 @@ class Database:
         bound of one guarded block (None: only each statement's statement_timeout; the refill and the CLI
         run long bulk loads)."""
         connections = CountingPool(
-            url,
+            primary_url(url),
             min_size=min_size or settings.db_pool_min_size,
             max_size=max_size or settings.db_pool_max_size,
             timeout=settings.db_acquire_timeout_s,
@@ -123,20 +139,51 @@ class Database:
             open=False,
             name=name,
         )
+        wait_s = settings.db_connect_timeout_s * host_count(url)
         try:
             if wait:
-                await connections.open(wait=True, timeout=settings.db_connect_timeout_s)
+                # Each host of a multi-host URL may take the whole connect timeout (a failed primary that
+                # drops packets) before the next is tried: wait for all of them.
+                await connections.open(wait=True, timeout=wait_s)
             else:
                 await connections.open(wait=False)
         except PoolTimeout as error:
             await connections.close()
-            raise DatabaseUnavailable(f"could not connect within {settings.db_connect_timeout_s} s") from error
-        return cls(connections, bound_s)
+            raise DatabaseUnavailable(f"could not connect within {wait_s} s") from error
+        return cls(connections, bound_s, settings.db_retry_budget_s)
 
     async def close(self) -> None:
-        if self._check is not None:
-            self._check.cancel()
+        for task in (self._check, self._drain):
+            if task is not None:
+                task.cancel()
         await self.connections.close()
+
+    async def run_retrying(self, operation: Callable[[], Awaitable[T]], *, idempotent: bool, name: str) -> T:
+        """Runs ``operation`` (a whole transaction, taking its own connection through this database) and runs
+        it again after a retryable failure (tokenpool.db.retry), within ``db_retry_budget_s``.
+
+        ``idempotent``: running it twice does no harm (a read; a write that replays), so a failure that may
+        have committed is retried too; otherwise only failures known not to have committed are."""
+        if self._timeout_s is None:  # the refill and the CLI: no request bound, only the retry budget
+            return await run_retrying(operation, self._retry, idempotent=idempotent, name=name)
+        # A request: all attempts within its one bound; no retry starts after min(budget, bound).
+        policy = RetryPolicy(min(self._retry.budget_s, self._timeout_s), self._retry.max_attempts,
+                             self._retry.base_s, self._retry.cap_s)
+        token = _deadline.set(time.monotonic() + self._timeout_s) if _deadline.get() is None else None
+        try:
+            return await run_retrying(operation, policy, idempotent=idempotent, name=name)
+        finally:
+            if token is not None:
+                _deadline.reset(token)
+
+    def _bound(self, timeout_s: float | None) -> float | None:
+        """A guarded block's time bound: its own (or the default), cut to what is left of run_retrying's."""
+        bound = timeout_s or self._timeout_s
+        deadline = _deadline.get()
+        if deadline is None:
+            return bound
+        left = max(0.001, deadline - time.monotonic())
+        return left if bound is None else min(bound, left)
 
     @asynccontextmanager
     async def guard(self, timeout_s: float | None = None) -> AsyncIterator[None]:
@@ -149,7 +196,7 @@ class Database:
         (the pool cannot open them) is an outage.
         """
         try:
-            async with asyncio.timeout(timeout_s or self._timeout_s):  # None: no bound but the statements' own
+            async with asyncio.timeout(self._bound(timeout_s)):  # None: no bound but the statements' own
                 yield
         except Exception as error:
             translated = self.translate(error)
@@ -159,6 +206,12 @@ class Database:
 
     def translate(self, error: BaseException) -> DatabaseError | None:
         """The project's error for a driver failure (or a timeout of a guarded block); None: not ours."""
+        if isinstance(error, psycopg.Error) and error.sqlstate == _READ_ONLY:
+            # Connected to a server that cannot write: after a failover, every pooled connection may lead
+            # to the demoted primary. Replace them all; the new ones find the primary (target_session_attrs).
+            self._drain_pool_soon()
+            log.warning("database.read_only", error_type=type(error).__name__)
+            return DatabaseUnavailable("ReadOnlySqlTransaction")
         if isinstance(error, psycopg.OperationalError) and error.sqlstate in _CONTENTION:
             # The server answered with an error on a live connection (statement timeout, deadlock, lock
             # timeout, serialization failure): contention, not an outage; the pool needs no check.
@@ -198,7 +251,7 @@ class Database:
 
     def connection(self, timeout_s: float | None = None) -> GuardedConnection:
         """A pooled connection for one guarded block (autocommit: each statement is its own transaction)."""
-        return GuardedConnection(self, timeout_s or self._timeout_s)
+        return GuardedConnection(self, self._bound(timeout_s))
 
     async def ping(self, timeout_s: float) -> bool:
         """Reachable? A saturated pool counts as reachable: its connections are all at work."""
@@ -210,6 +263,14 @@ class Database:
         except DatabaseUnavailable:
             return False
         return True
+
+    def _drain_pool_soon(self) -> None:
+        # At most once a second: with a single-host URL to the demoted primary every new connection is
+        # read-only as well, and draining on each request would only churn connections.
+        now = time.monotonic()
+        if (self._drain is None or self._drain.done()) and now - self._drained_at >= 1.0:
+            self._drained_at = now
+            self._drain = asyncio.create_task(self.connections.drain())
 
     def _check_pool_soon(self) -> None:
         # After an outage every idle pooled connection is dead; one check replaces them all at once,

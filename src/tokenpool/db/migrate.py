@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 import psycopg
 
 from tokenpool.db.errors import DatabaseUnavailable
+from tokenpool.db.hosts import primary_url
 
 if TYPE_CHECKING:
     from tokenpool.vault import Keyring
@@ -113,7 +114,7 @@ def upgrade(url: str, context: MigrationContext | None = None, *, target: int | 
     """Applies every pending migration (up to ``target``); returns those it applied (none when up to date)."""
     context = context or MigrationContext()
     applied_now: list[Migration] = []
-    with psycopg.connect(url, autocommit=True) as conn:
+    with psycopg.connect(primary_url(url), autocommit=True) as conn:
         conn.execute(_CREATE_LEDGER)
         for migration in available_migrations():
             if target is not None and migration.version > target:

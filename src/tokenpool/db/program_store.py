@@ -13,6 +13,7 @@ import psycopg
 from psycopg.rows import class_row
 
 from tokenpool.db.database import Database
+from tokenpool.db.hosts import primary_url
 from tokenpool.db.queries import sql
 from tokenpool.pool.model import PairStatus, PoolStats
 from tokenpool.programs import InvalidProgram, Program, ProgramChange, ProgramExists, ProgramInUse, UnknownProgram
@@ -146,6 +147,6 @@ def _registration(name: str, refill_target: int | None, ns1: str | None, ns2: st
 def ensure_program(url: str, name: str) -> bool:
     """Registers ``name`` with the settings' target and namespaces unless it has a row (registered, or removed
     on purpose: not brought back). As the owner, for ``db upgrade``. Returns whether it registered it."""
-    with psycopg.connect(url, autocommit=True) as conn:
+    with psycopg.connect(primary_url(url), autocommit=True) as conn:
         cursor = conn.execute(sql("program_insert"), _registration(name, None, None, None))
         return cursor.fetchone() is not None

@@ -14,6 +14,7 @@ from importlib.resources import files
 import psycopg
 from psycopg import sql
 
+from tokenpool.db.hosts import primary_url
 from tokenpool.observability.logging import get_logger
 
 log = get_logger(__name__)
@@ -39,7 +40,7 @@ def apply_grants(admin_url: str, app_role: str) -> bool:
     Skipped, with a warning, when ``app_role`` does not exist or is the role of ``admin_url`` itself (a
     one-role deployment: revoking would take the owner's own rights). Returns whether it applied them.
     """
-    with psycopg.connect(admin_url, autocommit=True) as conn:
+    with psycopg.connect(primary_url(admin_url), autocommit=True) as conn:
         row = conn.execute(
             "SELECT current_user, current_database(), EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s)",
             (app_role,),

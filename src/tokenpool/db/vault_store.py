@@ -22,6 +22,7 @@ from psycopg.rows import class_row
 
 from tokenpool.db.database import Database
 from tokenpool.db.errors import DatabaseUnavailable, InsufficientPrivilege
+from tokenpool.db.hosts import primary_url
 from tokenpool.db.queries import sql
 from tokenpool.db.types import Conn
 from tokenpool.observability.logging import get_logger
@@ -108,7 +109,7 @@ def load_keyring_sync(conn: psycopg.Connection[Any], provider: KeyProvider) -> K
 def ensure_keys(url: str, provider: KeyProvider) -> None:
     """Creates the vault's first keys if the database has none (``db upgrade``, as the owner: the
     application's role then only reads them)."""
-    with psycopg.connect(url, autocommit=True) as conn:
+    with psycopg.connect(primary_url(url), autocommit=True) as conn:
         load_keyring_sync(conn, provider)
 
 

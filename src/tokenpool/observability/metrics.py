@@ -16,6 +16,12 @@ from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
+# --- The database ---------------------------------------------------------------------------------
+DB_RETRIES = Counter(
+    "tokenpool_db_retries", "Transactions run again after a retryable database failure, by operation and reason.",
+    ["operation", "reason"],
+)
+
 # --- The pool ---------------------------------------------------------------------------------------
 POOL_PAIRS = Gauge("tokenpool_pool_pairs", "Token pairs in the pool by status.", ["pool", "status"])
 POOL_RESERVATIONS = Counter(

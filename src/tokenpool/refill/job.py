@@ -213,10 +213,15 @@ class _Run:
     async def _new_batch(self, size: int) -> None:
         batch_id = uuid.uuid4()
         ns1, ns2 = self.pairs.namespaces
-        await self.journal.record_intent(batch_id, self.pool, size, self.result.run_id, ns1=ns1, ns2=ns2)
+        # The journal writes are retried after a failover or deadlock (db/retry.py) within db_retry_budget_s;
+        # beyond that the run fails and the next one finishes the batch from the journal.
+        await self.deps.db.run_retrying(
+            lambda: self.journal.record_intent(batch_id, self.pool, size, self.result.run_id, ns1=ns1, ns2=ns2),
+            idempotent=False, name="refill")
         log.info("refill.batch_intent", pool=self.pool, batch_id=str(batch_id), count=size)
         tokens = await self.pairs.issue(batch_id, size, correlation_id=f"refill-{batch_id}")
-        await self.journal.record_issued(batch_id, tokens)
+        await self.deps.db.run_retrying(lambda: self.journal.record_issued(batch_id, tokens), idempotent=False,
+                                        name="refill")
         log.info("refill.batch_issued", pool=self.pool, batch_id=str(batch_id), count=len(tokens))
         await self._load(batch_id, await self.pairs.tokenize(tokens))
 
@@ -234,7 +239,10 @@ class _Run:
         return await self._load(batch.batch_id, await self.pairs.recover(batch))
 
     async def _load(self, batch_id: UUID, pairs: list[TokenPair]) -> int:
-        added = await self.journal.load_batch(self.pool, batch_id, self.result.run_id, pairs, self.lease.renew)
+        # Safe to run twice: a batch its first attempt loaded after all is found done and adds 0.
+        added = await self.deps.db.run_retrying(
+            lambda: self.journal.load_batch(self.pool, batch_id, self.result.run_id, pairs, self.lease.renew),
+            idempotent=True, name="refill")
         self.result.added += added
         self._loaded += len(pairs)
         log.info("refill.batch_loaded", pool=self.pool, batch_id=str(batch_id), added=added)

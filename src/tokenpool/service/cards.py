@@ -86,12 +86,25 @@ class CardService:
             self._create_many_from_pool, isolate=lambda error: not isinstance(error, DatabaseUnavailable))
 
     async def _create_many_from_pool(self, program: str, orders: Sequence[PoolCardOrder]) -> list[PoolCardOutcome]:
-        async with self._db.connection() as conn:
-            return await self._cards.create_from_pool(conn, program, orders, random_claim_start())
+        """The card statement, run again after a failover, deadlock or serialization failure (db/retry.py).
+
+        A failure that may have committed (the connection lost after the statement was sent) is retried only
+        when every order carries an Idempotency-Key: the retry then finds the key taken and replays the card.
+        Without a key it is a 503: a retry could create a second card (and use a second pair) for one request.
+        """
+        async def statement() -> list[PoolCardOutcome]:
+            async with self._db.connection() as conn:
+                return await self._cards.create_from_pool(conn, program, orders, random_claim_start())
+
+        keyed = all(order.claim.idempotency_key is not None for order in orders)
+        return await self._db.run_retrying(statement, idempotent=keyed, name="card")
 
     async def get(self, card_id: UUID) -> Card | None:
-        async with self._db.connection() as conn:
-            return await self._cards.get(conn, card_id)
+        async def read() -> Card | None:
+            async with self._db.connection() as conn:
+                return await self._cards.get(conn, card_id)
+
+        return await self._db.run_retrying(read, idempotent=True, name="card_read")
 
     async def create(self, order: CardOrder) -> tuple[Card, bool]:
         """The card and whether it was created now (False: an Idempotency-Key replay).
@@ -184,14 +197,19 @@ class CardService:
                                      routed_to: TokenSource) -> Card:
         card_id = uuid.uuid4()
         pair = journaled.pair
-        try:
+        async def store() -> Card:
             async with self._db.transaction() as conn:
                 if not await self._cards.claim_key(conn, card_id, claim):
                     raise _KeyTaken
                 await self._pairs.close(conn, journaled, card_id)
                 await self._store.insert_used_pair(conn, order.program, pair, card_id)
-                card = await self._cards.insert(conn, card_id, order.program, order.customer_ref, pair,
+                return await self._cards.insert(conn, card_id, order.program, order.customer_ref, pair,
                                                 TokenSource.TOME)
+
+        try:
+            # Retried only when known not committed: after an ambiguous failure a second run would find its
+            # own intent closed (PairReclaimed) rather than the card.
+            card = await self._db.run_retrying(store, idempotent=False, name="card_tome")
         except _KeyTaken:
             # A concurrent retry won; this valid, never-used pair joins the pool rather than being lost
             # (or, if even that fails, stays journaled for the refill to recover).

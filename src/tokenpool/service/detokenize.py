@@ -182,8 +182,13 @@ class DetokenizeService:
         return found
 
     async def _lookup_on(self, db: Database, refs: list[str], timeout_s: float | None = None) -> dict[str, str]:
-        async with db.connection(timeout_s) as conn:
-            return await self._lookups.lookup(conn, refs)
+        async def read() -> dict[str, str]:
+            async with db.connection(timeout_s) as conn:
+                return await self._lookups.lookup(conn, refs)
+
+        if db is self._db:  # a read: always safe to retry on the primary (a failover under way)
+            return await db.run_retrying(read, idempotent=True, name="detokenize")
+        return await read()  # the standby: a failure falls back to the primary instead
 
     async def _audit_best_effort(self, entry: AuditEntry) -> None:
         try:

@@ -48,9 +48,14 @@ class ReservationService:
         """A reservation held by ``owner`` (the API key's id). Raises
         :class:`tokenpool.programs.UnknownProgram` first of all for an unregistered program."""
         registered = await self._programs.require(program)
-        try:
+        async def claim() -> Reservation:
             async with self._db.guard():
-                reservation = await self._batcher.reserve(program, self._settings.lease_seconds, owner)
+                return await self._batcher.reserve(program, self._settings.lease_seconds, owner)
+
+        try:
+            # Retried only after a failure known not to have committed: a lost connection may have left a
+            # reservation behind, and a second claim would hold a second pair (until its lease lapses).
+            reservation = await self._db.run_retrying(claim, idempotent=False, name="reservation")
             return reservation, TokenSource.POOL
         except PoolExhausted:
             log.info("reservation.pool_empty.tome_fallback", program=program)
@@ -74,9 +79,15 @@ class ReservationService:
         return reservation, TokenSource.TOME
 
     async def commit(self, reservation_id: UUID, card_ref: str, owner: UUID | None) -> None:
-        async with self._db.guard():
-            await self._store.commit(reservation_id, card_ref, owner=owner)
+        async def commit() -> None:
+            async with self._db.guard():
+                await self._store.commit(reservation_id, card_ref, owner=owner)
+
+        await self._db.run_retrying(commit, idempotent=False, name="reservation_commit")
 
     async def release(self, reservation_id: UUID, owner: UUID | None) -> None:
-        async with self._db.guard():
-            await self._store.release(reservation_id, owner=owner)
+        async def release() -> None:
+            async with self._db.guard():
+                await self._store.release(reservation_id, owner=owner)
+
+        await self._db.run_retrying(release, idempotent=False, name="reservation_release")
