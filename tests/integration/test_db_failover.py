@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -29,8 +30,9 @@ def dead_host_first(url: str, *, as_url: bool = False) -> str:
     """``url`` with a host nothing listens on before the real one, as a conninfo string or a URL."""
     params = conninfo_to_dict(url)
     host, port, dead = params.get("host", "127.0.0.1"), str(params.get("port", 5432)), free_port()
-    if as_url:
-        return (f"postgresql://{params['user']}:{params['password']}@127.0.0.1:{dead},{host}:{port}/"
+    if as_url:  # a Unix socket folder (the embedded server) is a host too, percent-encoded in a URL
+        user, password = quote(str(params["user"]), safe=""), quote(str(params.get("password", "")), safe="")
+        return (f"postgresql://{user}:{password}@127.0.0.1:{dead},{quote(str(host), safe='')}:{port}/"
                 f"{params['dbname']}?target_session_attrs=read-write")
     params.update(host=f"127.0.0.1,{host}", port=f"{dead},{port}")
     return make_conninfo(**params)  # type: ignore[arg-type]

@@ -62,10 +62,14 @@ async def test_four_processes_and_many_tasks_drain_the_pool_exactly_once(store, 
     await store.add_pairs(POOL, pairs, uuid.uuid4())
     context = multiprocessing.get_context("spawn")
 
+    # This process's 500 claims queue for its connections behind 32 children's: waited for generously, like
+    # theirs (the test is about exclusivity, not about how long a claim waits on a busy 2-core machine).
+    patient = Settings(db_acquire_timeout_s=60, db_connect_timeout_s=30, db_statement_timeout_ms=60_000)
     with context.Pool(4) as processes:
         # 4 processes x 8 tasks x 80 claims = 2,560 attempts for 2,000 pairs, plus 500 in this process.
         pending = processes.starmap_async(claim_in_process, [(database_url, 8, 80)] * 4)
-        here = await asyncio.gather(*(_safe_reserve(store) for _ in range(500)))
+        async with bootstrap.open_backend(database_url, patient, min_size=8, max_size=8) as here_backend:
+            here = await asyncio.gather(*(_safe_reserve(here_backend.store) for _ in range(500)))
         children = await asyncio.to_thread(pending.get, 120)
 
     claimed = [token for batch in children for token in batch] + [t for t in here if t]
