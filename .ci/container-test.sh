@@ -91,7 +91,7 @@ start tome --network host "$IMG" tokenpool tome-emulator --host 127.0.0.1 --port
 podman run --rm "${run[@]}" -e TOKENPOOL_DATABASE_ADMIN_URL -e TOKENPOOL_DATABASE_APP_ROLE "$IMG" \
     tokenpool db upgrade
 wait_http "http://127.0.0.1:$tome_port/_admin/health"
-refill=$(podman run --rm "${run[@]}" "$IMG" tokenpool refill --count 20 --json)
+refill=$(podman run --rm "${run[@]}" "$IMG" tokenpool refill --pool default --count 20 --json)
 grep -q '"outcome": *"succeeded"' <<<"$refill" || fail "refill: $refill"
 key=$(podman run --rm "${run[@]}" "$IMG" tokenpool apikey create --name "ci-$tag" --scopes cards:write --json |
       python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])')
