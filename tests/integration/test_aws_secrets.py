@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -81,15 +80,6 @@ def test_the_url_and_the_secret_together_are_refused(moto_server: str, secrets: 
                         secrets_endpoint_url=moto_server)
     with pytest.raises(ValueError, match="both set"):
         bootstrap.database_url(settings)
-
-
-@pytest.fixture
-def silent_endpoint() -> Iterator[str]:
-    """Accepts connections (the kernel's backlog) and never answers."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
 
 
 def test_an_endpoint_that_never_answers_fails_within_the_timeout(moto_server: str, silent_endpoint: str) -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -91,15 +89,6 @@ def test_an_unreachable_endpoint_fails_within_the_timeout(moto_server: str) -> N
         kek.generate_key()
     # Two attempts of half the timeout each, and at most about a second of backoff between them.
     assert time.monotonic() - started < 1.0 + 1.5
-
-
-@pytest.fixture
-def silent_endpoint() -> Iterator[str]:
-    """Accepts connections (the kernel's backlog) and never answers."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
 
 
 def test_an_endpoint_that_never_answers_fails_within_the_timeout(moto_server: str, silent_endpoint: str) -> None:
