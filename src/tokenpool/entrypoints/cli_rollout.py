@@ -8,8 +8,6 @@ API's ``/metrics`` (each instance's, or a Prometheus server's ``/federate``).
 from __future__ import annotations
 
 import asyncio
-import os
-import stat
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +15,7 @@ import typer
 from rich.console import Console
 
 from tokenpool import bootstrap
+from tokenpool.credentials import read_bearer_token
 from tokenpool.db.database import Database
 from tokenpool.db.program_store import ProgramStore
 from tokenpool.durations import parse_duration
@@ -108,7 +107,7 @@ def rollout_command(
     try:
         plan = RolloutPlan(program, parse_steps(steps), parse_duration(hold), parse_duration(baseline),
                            parse_duration(check_every), GateLimits(max_error_rise, max_fallback_rise))
-        token = _read_key(metrics_key_file) if metrics_key_file else None
+        token = read_bearer_token(metrics_key_file) if metrics_key_file else None
     except (ValueError, OSError) as error:
         err_console.print(f"[red]error:[/] {error}")
         raise typer.Exit(EXIT_USAGE) from None
@@ -131,12 +130,3 @@ async def _rollout(settings: Settings, plan: RolloutPlan, urls: list[str], token
         result = await rollout(plan, ports, report=lambda line: console.print(f"{plan.program}: {line}"))
     return EXIT_COMPLETED if result.outcome is Outcome.COMPLETED else EXIT_ROLLED_BACK
 
-
-def _read_key(path: Path) -> str:
-    mode = path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ValueError(f"{path} is readable by others (mode {stat.S_IMODE(mode):o}): chmod 600 it")
-    key = path.read_text().strip()
-    if not key or os.linesep in key:
-        raise ValueError(f"{path} must hold one API key")
-    return key

@@ -62,7 +62,7 @@ def tome_emulator(
     --bearer-token-file (or TOKENPOOL_TOME_EMULATOR_BEARER_TOKEN_FILE) every call needs the token, else
     401; `tokenpool run` starts it so."""
     # deferred: keeps `tokenpool --help` fast
-    from tokenpool.tome.client import read_bearer_token
+    from tokenpool.credentials import read_bearer_token
     from tokenpool.tome.emulator import Faults, ServerTls, serve
 
     try:

@@ -19,12 +19,10 @@ import asyncio
 import email.utils
 import ipaddress
 import ssl
-import stat
 import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -33,6 +31,7 @@ import structlog
 from pydantic import BaseModel, ValidationError
 from tenacity import RetryCallState
 
+from tokenpool.credentials import read_bearer_token
 from tokenpool.observability.logging import get_logger
 from tokenpool.observability.masking import mask_text
 from tokenpool.observability.metrics import (
@@ -175,29 +174,6 @@ def parse_retry_after(response: httpx.Response) -> float | None:
 
 
 # --- Transport security ----------------------------------------------------------------------------------
-
-
-def read_bearer_token(path: Path) -> str:
-    """The token held in ``path`` (surrounding whitespace dropped).
-
-    Refuses a file that group or others may access: the token is a credential. The error names the file,
-    never its content.
-    """
-    try:
-        mode = path.stat().st_mode
-    except OSError as exc:
-        raise ValueError(f"bearer token file {path}: {exc.strerror}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ValueError(
-            f"bearer token file {path} is accessible by group or others ({stat.filemode(mode)}): chmod 600 it"
-        )
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"bearer token file {path} cannot be read: {type(exc).__name__}") from None
-    if not token or any(char.isspace() for char in token):
-        raise ValueError(f"bearer token file {path} must hold one token, without spaces")
-    return token
 
 
 def tome_tls_context(settings: Settings) -> ssl.SSLContext:

@@ -10,6 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
+from tokenpool.credentials import read_bearer_token
 from tokenpool.tome.emulator.faults import Faults
 from tokenpool.tome.emulator.server import BEARER_TOKEN_FILE_ENV, ServerTls, serve
 
@@ -39,8 +40,6 @@ def main(argv: list[str] | None = None) -> None:
     try:
         tls = ServerTls.from_flags(args.ssl_certfile, args.ssl_keyfile, args.ssl_client_ca)
         if args.bearer_token_file is not None:
-            from tokenpool.tome.client import read_bearer_token  # deferred: only then is the client's stack needed
-
             token = read_bearer_token(args.bearer_token_file)
     except ValueError as exc:
         parser.error(str(exc))

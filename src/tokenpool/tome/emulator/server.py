@@ -52,7 +52,7 @@ def serve(
 ) -> None:
     """Serve until SIGINT/SIGTERM; the vault in ``db`` is created if missing and kept across runs.
 
-    With ``bearer_token`` (see :func:`tokenpool.tome.client.read_bearer_token`), every call must carry it.
+    With ``bearer_token`` (see :func:`tokenpool.credentials.read_bearer_token`), every call must carry it.
     """
     configure_logging(log_level)
     vault = Vault(db)
