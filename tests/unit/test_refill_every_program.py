@@ -1,8 +1,7 @@
 """Refilling every program at once: one outcome (Lambda) and one exit code (CLI) for several runs."""
 
 from tokenpool.entrypoints.cli_refill import _worst_exit_code
-from tokenpool.entrypoints.lambda_refill import worst_outcome
-from tokenpool.refill.model import Outcome
+from tokenpool.refill.model import Outcome, worst_outcome
 
 
 def test_the_lambda_reports_the_worst_run():

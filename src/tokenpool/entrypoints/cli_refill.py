@@ -27,7 +27,7 @@ import typer
 from rich.console import Console
 
 from tokenpool.programs import UnknownProgram
-from tokenpool.refill.model import Outcome, RefillResult
+from tokenpool.refill.model import Outcome, RefillResult, worst_outcome
 from tokenpool.settings import Settings, get_settings
 
 if TYPE_CHECKING:  # imported when used: keeps `tokenpool --help` fast
@@ -114,8 +114,7 @@ def _refill_exit_code(outcome: Outcome) -> int:
 
 def _worst_exit_code(outcomes: list[Outcome]) -> int:
     """Of several runs: a failure first, then an interruption, then a held lease."""
-    severity = [EXIT_OK, EXIT_LEASE_HELD, EXIT_INTERRUPTED, EXIT_FAILED]
-    return max((_refill_exit_code(outcome) for outcome in outcomes), key=severity.index, default=EXIT_OK)
+    return _refill_exit_code(worst_outcome(outcomes))
 
 
 async def _refill(settings: Settings, pool: str | None, count: int | None, show_progress: bool) -> list[RefillResult]:

@@ -42,7 +42,7 @@ from tokenpool.observability.metrics import initialise_metrics
 from tokenpool.pool.model import PairStatus
 from tokenpool.programs import UnknownProgram
 from tokenpool.refill.job import RefillDeps, refill_pool
-from tokenpool.refill.model import Outcome, RefillResult, Trigger
+from tokenpool.refill.model import Outcome, RefillResult, Trigger, worst_outcome
 from tokenpool.refill.reporting import alert_documents, emf_documents
 from tokenpool.settings import Settings, get_settings
 from tokenpool.tome.client import TomeClient
@@ -138,15 +138,6 @@ def _refill_one(loop: asyncio.AbstractEventLoop, deps: RefillDeps, settings: Set
     summary["health"] = status
     emit(settings.emf_namespace, alert_documents(deliveries))
     return summary
-
-
-_SEVERITY = [Outcome.SUCCEEDED, Outcome.SKIPPED_LEASE_HELD, Outcome.STOPPED, Outcome.LEASE_LOST, Outcome.FAILED]
-
-
-def worst_outcome(outcomes: list[Outcome]) -> Outcome:
-    """The outcome of several runs: the worst of theirs (none: succeeded)."""
-    return max(outcomes, key=lambda outcome: _SEVERITY.index(outcome) if outcome in _SEVERITY else len(_SEVERITY),
-               default=Outcome.SUCCEEDED)
 
 
 def _channels(settings: Settings) -> tuple[str, ...]:

@@ -19,6 +19,16 @@ class Outcome(StrEnum):
     LEASE_LOST = "lease_lost"  # another runner took the lease (ours lapsed): we stopped loading
 
 
+# From best to worst; anything else (a run still RUNNING) is worse than all of them.
+_SEVERITY = [Outcome.SUCCEEDED, Outcome.SKIPPED_LEASE_HELD, Outcome.STOPPED, Outcome.LEASE_LOST, Outcome.FAILED]
+
+
+def worst_outcome(outcomes: list[Outcome]) -> Outcome:
+    """The outcome of several runs (one per program): the worst of theirs (none: succeeded)."""
+    return max(outcomes, key=lambda outcome: _SEVERITY.index(outcome) if outcome in _SEVERITY else len(_SEVERITY),
+               default=Outcome.SUCCEEDED)
+
+
 class Trigger(StrEnum):
     CLI = "cli"
     LAMBDA = "lambda"
