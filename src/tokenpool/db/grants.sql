@@ -33,7 +33,7 @@ GRANT SELECT, INSERT ON token_pool TO {app};
 -- reserved_by: the key holding a reservation (set on claim, cleared on release; the trigger keeps it).
 GRANT UPDATE (status, reservation_id, reserved_by, reserved_at, lease_expires_at, used_at, expired_at, card_ref)
     ON token_pool TO {app};
--- Kept by the token_pool triggers (INSERT ... ON CONFLICT DO UPDATE); read by stats and list_pools.
+-- Kept by the token_pool triggers (INSERT ... ON CONFLICT DO UPDATE); read by stats and program_pair_counts.
 GRANT SELECT, INSERT, UPDATE ON token_pool_counts TO {app};
 
 -- The service: cards are written once; keys are created and revoked (revoked_at), never deleted, and

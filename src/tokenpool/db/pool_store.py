@@ -282,11 +282,6 @@ class PostgresTokenPool:
         """Counts from a full scan; for reconciliation, never on a hot path."""
         return await self._stats("exact_stats", pool)
 
-    async def list_pools(self) -> list[str]:
-        async with self._db.connection() as conn:
-            rows = await (await conn.execute(sql("list_pools"))).fetchall()
-        return [str(row[0]) for row in rows]
-
     async def _stats(self, query: str, pool: str) -> PoolStats:
         rows = await self._fetch(query, {"pool": pool}, _StatusCount, None)
         return PoolStats(pool, {PairStatus(row.status): int(row.n) for row in rows if row.n})

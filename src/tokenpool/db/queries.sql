@@ -197,10 +197,6 @@ FROM token_pool
 WHERE pool = %(pool)s
 GROUP BY status;
 
--- list_pools --
--- Pools that have ever held a pair.
-SELECT DISTINCT pool FROM token_pool_counts ORDER BY pool;
-
 -- ===== The HTTP service: cards, detokenize, API keys, idempotency, audit, runtime config =====
 
 -- ping --

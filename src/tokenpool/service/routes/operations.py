@@ -9,6 +9,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tokenpool.db.errors import DatabaseUnavailable
+from tokenpool.db.program_store import ProgramStore
 from tokenpool.monitoring.health import check_pool_health
 from tokenpool.observability.logging import get_logger
 from tokenpool.observability.metrics import POOL_PAIRS, forget_pools, initialise_metrics
@@ -87,8 +88,9 @@ async def _refresh_pool_gauges(found: Components) -> None:
         async with found.db.guard(found.settings.service_readiness_timeout_s):
             names = [program.name for program in await found.programs.registered()]
             initialise_metrics(pools=names, cards=True)  # a program's first fallback is then an increase
+            counts = await ProgramStore(found.db).pair_counts()  # every program's, in one statement
             for name in names:
-                _publish(await found.store.stats(name))
+                _publish(counts.get(name) or PoolStats(name, {}))
     except DatabaseUnavailable:
         log.warning("metrics.pool_gauges_stale")  # the scrape still returns every other metric
         return
