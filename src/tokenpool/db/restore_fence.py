@@ -28,7 +28,7 @@ from typing import Any
 
 import psycopg
 
-from tokenpool.db.errors import DatabaseUnavailable
+from tokenpool.db.hosts import connect_primary, primary_url
 from tokenpool.db.queries import sql
 from tokenpool.observability.logging import get_logger
 
@@ -90,7 +90,7 @@ def advance_restore_epoch(url: str, path: Path, connect_kwargs: dict[str, Any] |
     epoch_file = EpochFile(path)
     known = epoch_file.read()
     kwargs = {"autocommit": True, **(connect_kwargs or {})}
-    with psycopg.connect(url, **kwargs) as conn:
+    with psycopg.connect(primary_url(url), **kwargs) as conn:
         row = conn.execute(sql("restore_epoch_read")).fetchone()
         current = int(row[0]) if row else 0
         if known is None and current > 0:
@@ -131,11 +131,7 @@ def fence(url: str, epoch_path: Path | None = None, *, force: bool = False) -> F
     restore's: without ``force`` it is reported, not repeated."""
     epoch_file = EpochFile(epoch_path) if epoch_path is not None else None
     known = (epoch_file.read() if epoch_file is not None else None) or 0
-    try:
-        conn = psycopg.connect(url, autocommit=True)
-    except psycopg.OperationalError as exc:
-        message = str(exc).strip()
-        raise DatabaseUnavailable(message.splitlines()[0] if message else type(exc).__name__) from None
+    conn = connect_primary(url, autocommit=True)
     with conn, conn.transaction():
         conn.execute(sql("restore_fence_lock"))
         if not force:
