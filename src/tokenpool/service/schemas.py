@@ -9,11 +9,12 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from tokenpool.cards import Card
+from tokenpool.programs import NAME_PATTERN
 from tokenpool.service.text import PlainText
 
 # Every string of a request has bounds and refuses control characters (service/text.py): the OpenAPI
 # document states both (minLength, maxLength, pattern).
-PROGRAM_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+PROGRAM_PATTERN = NAME_PATTERN  # a registered program's name (tokenpool.programs)
 Program = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=PROGRAM_PATTERN), PlainText()]
 CustomerRef = Annotated[str, StringConstraints(min_length=1, max_length=128), PlainText()]
 ExternalRef = Annotated[str, StringConstraints(min_length=1, max_length=256), PlainText()]
