@@ -136,12 +136,9 @@ async def _refill(settings: Settings, pool: str | None, count: int | None, show_
 async def _refill_one(deps: RefillDeps, pool: str, count: int | None, show_progress: bool) -> RefillResult:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from tokenpool.observability.metrics import initialise_metrics
     from tokenpool.refill.job import refill_pool
     from tokenpool.refill.model import Trigger
 
-    # In-process only (a one-shot command has no scrape endpoint), like every counter the run increments.
-    initialise_metrics(pools=[pool], refills=True)
     if not show_progress:
         return await refill_pool(deps, pool, count=count, trigger=Trigger.CLI)
     with Progress(TextColumn(f"refill {pool}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -184,11 +181,9 @@ def health(
 
 async def _health(settings: Settings, pool: str, alert: bool) -> PoolHealth:
     from tokenpool import bootstrap
-    from tokenpool.monitoring.alerts import Alerter, alert_channels
+    from tokenpool.monitoring.alerts import Alerter
     from tokenpool.monitoring.health import check_pool_health
-    from tokenpool.observability.metrics import initialise_metrics
 
-    initialise_metrics(pools=[pool], alert_channels=alert_channels(settings) if alert else ())
     async with bootstrap.open_database(settings, max_size=2) as backend:
         program = await backend.programs.require(pool)
         report = await check_pool_health(backend.store, backend.samples, settings, pool,

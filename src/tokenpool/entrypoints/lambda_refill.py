@@ -35,10 +35,9 @@ import structlog
 
 from tokenpool import bootstrap
 from tokenpool.aws.emf import emit
-from tokenpool.monitoring.alerts import Alerter, Delivery, alert_channels
+from tokenpool.monitoring.alerts import Alerter, Delivery
 from tokenpool.monitoring.health import check_pool_health
 from tokenpool.observability.logging import configure_logging, get_logger
-from tokenpool.observability.metrics import initialise_metrics
 from tokenpool.pool.model import PairStatus
 from tokenpool.programs import UnknownProgram
 from tokenpool.refill.job import RefillDeps, refill_pool
@@ -126,7 +125,6 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def _refill_one(loop: asyncio.AbstractEventLoop, deps: RefillDeps, settings: Settings, context: Any, pool: str,
                 count: int | None, stop: asyncio.Event) -> dict[str, Any]:
     """One program's run, its metrics and its health: the summary of a run."""
-    initialise_metrics(pools=[pool], refills=True, alert_channels=_channels(settings))
     result: RefillResult = loop.run_until_complete(
         refill_pool(deps, pool, count=count, trigger=Trigger.LAMBDA, stop=stop))
     counts = loop.run_until_complete(_counts(deps, pool))
@@ -138,12 +136,6 @@ def _refill_one(loop: asyncio.AbstractEventLoop, deps: RefillDeps, settings: Set
     summary["health"] = status
     emit(settings.emf_namespace, alert_documents(deliveries))
     return summary
-
-
-def _channels(settings: Settings) -> tuple[str, ...]:
-    # The log is a channel only where an alert may be sent at all (see _check_health).
-    alerting = settings.alert_sns_topic_arn or settings.alert_webhook_url
-    return alert_channels(settings) if alerting else ()
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
