@@ -17,7 +17,6 @@ from rich.console import Console
 from tokenpool import bootstrap
 from tokenpool.credentials import read_bearer_token
 from tokenpool.db.database import Database
-from tokenpool.db.program_store import ProgramStore
 from tokenpool.durations import parse_duration
 from tokenpool.monitoring.health import check_pool_health
 from tokenpool.observability.scrape import ScrapeFailed, scrape
@@ -117,7 +116,7 @@ def rollout_command(
 async def _rollout(settings: Settings, plan: RolloutPlan, urls: list[str], token: str | None) -> int:
     async with bootstrap.open_database(settings, max_size=2) as backend:
         try:
-            program = await ProgramStore(backend.db).require(plan.program)
+            program = await backend.programs.require(plan.program)
         except UnknownProgram as unknown:
             err_console.print(f"[red]error:[/] {unknown.detail}")
             return EXIT_USAGE

@@ -5,8 +5,9 @@ reads alike whichever runtime produced the figures.
 
 A labelled counter has no series until its first ``.labels(...)``; a series that first appears at 1 is
 invisible to ``increase()``, so an alert on "any failure" would miss the first one. Each scraped process
-(the API, the worker) therefore calls :func:`initialise_metrics` at start, which creates at 0 every labelled counter it can
-emit, for the pools it serves (the TOME client does the same for its own families on construction).
+(the API, the worker) therefore calls :func:`initialise_metrics` at start, which creates at 0 every
+labelled counter it can emit, for the pools it serves (the TOME client does the same for its own families
+on construction).
 """
 
 from __future__ import annotations
